@@ -1,0 +1,27 @@
+"""Shared pytest set-up: deterministic seeds and a quiet TensorFlow."""
+
+import os
+
+# Test-process settings only (the library itself never sets these).
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from hypothesis import HealthCheck, settings
+
+settings.register_profile(
+    "tfreparam",
+    deadline=None,
+    max_examples=12,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+    derandomize=True,
+)
+settings.load_profile("tfreparam")
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    np.random.seed(0)
+    tf.random.set_seed(0)
+    yield

@@ -1,0 +1,56 @@
+"""`LowRankDense`: y = (x·U)·V + b."""
+
+from __future__ import annotations
+
+import tensorflow as tf
+import tf_keras as keras
+
+from tfreparam.layers import validation
+from tfreparam.layers.base import ReparameterizedDense
+from tfreparam.layers.contraction import Operand
+
+
+@keras.utils.register_keras_serializable(package="tfreparam")
+class LowRankDense(ReparameterizedDense):
+    """Dense layer with a rank-`rank` kernel W = U·V, U: (in, rank), V: (rank, units).
+
+    Costs rank·(in + units) parameters and FLOPs per row instead of in·units;
+    it saves both when rank < in·units / (in + units).
+    """
+
+    def __init__(self, units, rank, **kwargs):
+        super().__init__(units, **kwargs)
+        self.rank = validation.positive_int(rank, "rank")
+        if self.rank > self.units:
+            raise ValueError(
+                f"`rank`={self.rank} exceeds `units`={self.units}; a rank above "
+                f"min(in_features, units) cannot be reached. Use rank <= {self.units}."
+            )
+
+    def _configure(self, in_features):
+        if self.rank > in_features:
+            raise ValueError(
+                f"`rank`={self.rank} exceeds the input size {in_features} of layer "
+                f"'{self.name}'; use rank <= min({in_features}, {self.units})."
+            )
+
+    def _factor_specs(self):
+        return {"u": (self.in_features, self.rank), "v": (self.rank, self.units)}
+
+    def _network(self):
+        operands = [
+            Operand(("i", "r"), (self.in_features, self.rank)),
+            Operand(("r", "o"), (self.rank, self.units)),
+        ]
+        return ("i",), (self.in_features,), operands, ("o",)
+
+    def _init_terms(self):
+        return self.rank, 2
+
+    def _kernel_from_factors(self, factors):
+        return tf.matmul(factors["u"], factors["v"])
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(rank=self.rank)
+        return config
