@@ -6,6 +6,8 @@ import math
 import numbers
 from typing import Sequence
 
+from tfreparam.decompose.budget import balanced_factors  # noqa: F401  (re-exported)
+
 
 def positive_int(value, name: str) -> int:
     """Returns `value` as an int, or raises if it is not a positive integer."""
@@ -37,38 +39,6 @@ def check_factors(factors: tuple[int, ...], size: int, name: str, feature: str) 
             f"size is {size}. Choose factors whose product is {size} "
             f"(e.g. tfreparam.layers.balanced_factors({size}, {len(factors)}))."
         )
-
-
-def balanced_factors(n: int, num_factors: int = 2) -> tuple[int, ...]:
-    """Splits `n` into `num_factors` integer factors as equal as possible.
-
-    Returned in ascending order, e.g. 768 -> (24, 32), 3072 -> (48, 64).
-    A prime `n` has no balanced split: it becomes (1, ..., 1, n).
-    """
-    n = positive_int(n, "n")
-    num_factors = positive_int(num_factors, "num_factors")
-    if num_factors == 1:
-        return (n,)
-    best = None
-    for first in _divisors(n):
-        if first ** num_factors > n:
-            break
-        rest = balanced_factors(n // first, num_factors - 1)
-        if rest[0] < first:
-            continue
-        candidate = (first,) + rest
-        # Most balanced = smallest largest factor, then largest smallest one.
-        key = (max(candidate), -min(candidate))
-        if best is None or key < best[0]:
-            best = (key, candidate)
-    if best is None:
-        return (1,) * (num_factors - 1) + (n,)
-    return best[1]
-
-
-def _divisors(n: int) -> list[int]:
-    small = [d for d in range(1, math.isqrt(n) + 1) if n % d == 0]
-    return sorted(set(small + [n // d for d in small]))
 
 
 def rank_tuple(ranks, name: str, length: int, caps: Sequence[int]) -> tuple[int, ...]:

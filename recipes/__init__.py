@@ -1,0 +1,1 @@
+"""absl apps on `model.fit`: compress (the main job), and later pretrain and fine-tune."""

@@ -1,0 +1,87 @@
+"""The Factorization record: derived numbers, float32 factors, and a TF-free subpackage."""
+
+import ast
+import dataclasses
+import pathlib
+
+import numpy as np
+import pytest
+
+import tfreparam.decompose as decompose
+from tfreparam.decompose import Factorization, param_count
+
+W = np.random.default_rng(0).standard_normal((24, 20))
+
+ALL_METHODS = {
+    "svd": lambda: decompose.svd(W, rank=3),
+    "whitened_svd": lambda: decompose.whitened_svd(W, np.diag(np.arange(1.0, 25.0)), rank=3),
+    "fisher_svd": lambda: decompose.fisher_svd(W, np.arange(1.0, 25.0), rank=3),
+    "nearest_kronecker": lambda: decompose.nearest_kronecker(W, (4, 6), (4, 5), num_terms=2),
+    "tt_svd": lambda: decompose.tt_svd(W, (4, 6), (4, 5), ranks=3),
+    "tucker": lambda: decompose.tucker(W, (4, 6), (4, 5), ranks=2),
+    "cp_als": lambda: decompose.cp_als(W, (4, 6), (4, 5), rank=3, n_iter=20),
+}
+
+
+@pytest.mark.parametrize("method", sorted(ALL_METHODS))
+def test_derived_numbers_are_consistent(method):
+    f = ALL_METHODS[method]()
+
+    assert f.method == method
+    assert f.shape == (24, 20)
+    assert f.num_params == sum(a.size for a in f.factors.values())
+    assert f.num_params == param_count(f.layer, f.shape, **f.layer_kwargs)
+    assert f.compression_ratio == pytest.approx(24 * 20 / f.num_params)
+    assert all(a.dtype == np.float32 for a in f.factors.values())
+    approx = f.reconstruct()
+    assert approx.dtype == np.float64 and approx.shape == (24, 20)
+    # The reported error is that of the stored float32 factors.
+    assert f.relative_error == pytest.approx(np.linalg.norm(W - approx) / np.linalg.norm(W), rel=1e-9)
+    assert (f.output_error is None) == (method != "whitened_svd")
+
+
+def test_output_error_uses_the_gram_matrix():
+    G = np.diag(np.arange(1.0, 25.0))
+    f = ALL_METHODS["whitened_svd"]()
+    X = np.sqrt(G)  # XᵀX = G
+    expected = np.linalg.norm(X @ (W - f.reconstruct())) / np.linalg.norm(X @ W)
+    assert f.output_error == pytest.approx(expected, rel=1e-9)
+
+
+def test_factorization_is_frozen_and_checks_its_layer():
+    f = decompose.svd(W, rank=2)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        f.relative_error = 0.0
+    with pytest.raises(ValueError, match=r"layer must be one of .*got 'dense'"):
+        Factorization("svd", "dense", {}, {}, (1, 1), 0.0)
+
+
+def test_float64_input_still_gives_float32_factors():
+    f = decompose.svd(W.astype(np.float32), rank=2)
+    assert f.factors["u"].dtype == np.float32
+
+
+def test_subpackage_never_imports_tensorflow_or_keras():
+    package = pathlib.Path(decompose.__file__).parent
+    banned = {"tensorflow", "tf_keras", "keras"}
+    for path in package.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            else:
+                continue
+            for name in names:
+                assert name.split(".")[0] not in banned, f"{path.name} imports {name}"
+                assert not name.startswith("tfreparam.layers"), f"{path.name} imports {name}"
+
+
+def test_public_api_is_exported():
+    expected = {
+        "Factorization", "svd", "whitened_svd", "fisher_svd", "nearest_kronecker", "tt_svd", "tucker",
+        "cp_als", "balanced_factors", "param_count", "low_rank_rank_for_budget",
+        "kronecker_terms_for_budget", "tt_rank_for_budget", "tucker_rank_for_budget", "cp_rank_for_budget",
+    }
+    assert expected <= set(decompose.__all__)
+    assert all(callable(getattr(decompose, name)) for name in expected)
