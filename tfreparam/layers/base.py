@@ -216,6 +216,24 @@ class ReparameterizedDense(keras.layers.Layer):
         factors = {name: tf.convert_to_tensor(w) for name, w in self.factor_weights.items()}
         return self._kernel_from_factors(factors)
 
+    def to_dense(self, name=None) -> keras.layers.Dense:
+        """A built `keras.layers.Dense` computing the same function (the folded layer)."""
+        self._require_built("kernel")
+        bias = self.dense_bias()
+        dense = keras.layers.Dense(
+            self.units,
+            activation=self.activation,
+            use_bias=bias is not None,
+            name=name or self.name,
+            dtype=self.dtype_policy,
+        )
+        dense.build((None, self.in_features))
+        weights = [self.dense_kernel().numpy()]
+        if bias is not None:
+            weights.append(tf.convert_to_tensor(bias).numpy())
+        dense.set_weights(weights)
+        return dense
+
     @property
     def num_params(self) -> int:
         """Parameters of the factors plus the bias."""

@@ -163,22 +163,8 @@ class LoRADense(ReparameterizedDense):
         return base + rows * (self._plan.flops_per_example + self.units)  # + scale-and-add
 
     def merge(self) -> keras.layers.Dense:
-        """A plain `Dense` with the low-rank update folded into its kernel."""
-        self._require_built("kernel")
-        bias = self.dense_bias()
-        dense = keras.layers.Dense(
-            self.units,
-            activation=self.activation,
-            use_bias=bias is not None,
-            name=self.base_layer.name,
-            dtype=self.dtype_policy,
-        )
-        dense.build((None, self.in_features))
-        weights = [self.dense_kernel().numpy()]
-        if bias is not None:
-            weights.append(tf.convert_to_tensor(bias).numpy())
-        dense.set_weights(weights)
-        return dense
+        """A plain `Dense` (named like the base layer) with the update folded into its kernel."""
+        return self.to_dense(name=self.base_layer.name)
 
     def get_config(self):
         config = keras.layers.Layer.get_config(self)

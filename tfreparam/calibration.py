@@ -1,0 +1,106 @@
+"""Per-layer data statistics for activation-aware decompositions, in one streaming pass.
+
+`gram`: the input Gram matrix XᵀX / n of each layer (whitened SVD).
+`row_importance`: accumulated squared loss gradients of each kernel, summed
+over the output axis (Fisher-weighted SVD). Batches are consumed one at a
+time; only the (in, in) and (in,) accumulators are kept.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+
+_DEFAULT_BATCH = 32
+
+
+@dataclasses.dataclass
+class LayerStats:
+    gram: Optional[np.ndarray] = None  # (in, in), XᵀX / rows
+    row_importance: Optional[np.ndarray] = None  # (in,)
+    rows: int = 0
+
+
+def as_dataset(data) -> tf.data.Dataset:
+    """Accepts a `tf.data.Dataset` (batched) or arrays / dicts / (x, y) tuples of arrays."""
+    if isinstance(data, tf.data.Dataset):
+        return data
+    try:
+        return tf.data.Dataset.from_tensor_slices(data).batch(_DEFAULT_BATCH)
+    except (ValueError, TypeError) as error:
+        raise ValueError(
+            "calibration_data must be a batched tf.data.Dataset or arrays (x, or (x, y)); "
+            f"got {type(data).__name__}: {error}"
+        ) from error
+
+
+def _split(batch):
+    if isinstance(batch, tuple):
+        return batch[0], (batch[1] if len(batch) > 1 else None)
+    return batch, None
+
+
+def _layer_input(layer):
+    try:
+        return layer.input
+    except AttributeError as error:
+        raise ValueError(
+            f"Layer '{layer.name}' is called more than once (shared), so its inputs are "
+            "ambiguous; calibrate a model where each projection is its own layer."
+        ) from error
+
+
+def input_grams(model: keras.Model, layers, data) -> dict[str, LayerStats]:
+    """XᵀX / n of every layer's input over `data`, accumulated in float64."""
+    probe = keras.Model(model.inputs, [_layer_input(layer) for layer in layers])
+    stats = {layer.name: LayerStats() for layer in layers}
+    for batch in as_dataset(data):
+        x, _ = _split(batch)
+        activations = probe(x, training=False)
+        if len(layers) == 1:
+            activations = [activations]
+        for layer, activation in zip(layers, activations):
+            flat = tf.reshape(tf.cast(activation, tf.float32), (-1, activation.shape[-1]))
+            gram = tf.matmul(flat, flat, transpose_a=True).numpy().astype(np.float64)
+            entry = stats[layer.name]
+            entry.gram = gram if entry.gram is None else entry.gram + gram
+            entry.rows += int(flat.shape[0])
+    for entry in stats.values():
+        if entry.rows == 0:
+            raise ValueError("calibration_data is empty: no batches were produced.")
+        entry.gram /= entry.rows
+    return stats
+
+
+def fisher_row_importance(model, layers, kernels, data, loss_fn=None) -> dict[str, LayerStats]:
+    """Σ over batches of (∂L/∂W)², summed over the output axis: (in,) per layer.
+
+    Uses per-batch gradients (the usual FWSVD approximation of the empirical
+    Fisher). `kernels` maps layer name -> the kernel variable.
+    """
+    loss_fn = loss_fn or getattr(model, "loss", None)
+    if loss_fn is None:
+        raise ValueError(
+            "Fisher-weighted SVD needs a loss: compile the model or pass loss_fn=..."
+        )
+    loss_fn = keras.losses.get(loss_fn)
+    stats = {layer.name: LayerStats() for layer in layers}
+    variables = [kernels[layer.name] for layer in layers]
+    for batch in as_dataset(data):
+        x, y = _split(batch)
+        if y is None:
+            raise ValueError("Fisher-weighted SVD needs labelled calibration data: (x, y) batches.")
+        with tf.GradientTape() as tape:
+            loss = loss_fn(y, model(x, training=False))
+        for layer, grad in zip(layers, tape.gradient(loss, variables)):
+            if grad is None:
+                raise ValueError(f"The loss does not depend on layer '{layer.name}'.")
+            importance = tf.reduce_sum(tf.square(tf.cast(grad, tf.float32)), axis=1).numpy()
+            entry = stats[layer.name]
+            entry.row_importance = importance if entry.row_importance is None else entry.row_importance + importance
+            entry.rows += 1
+    return stats

@@ -1,0 +1,162 @@
+"""Policy specs: which reparameterization a layer gets and how it is initialised.
+
+A spec turns a trained kernel W (in, out) into a `Factorization` whose factors
+load into the matching layer. Specs are small frozen dataclasses, so policies
+are plain data that can be printed, compared and reused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional, Sequence
+
+import numpy as np
+
+from tfreparam import decompose
+
+
+class Spec:
+    """Base of all specs. `needs` names the calibration statistics it uses."""
+
+    needs: Optional[str] = None  # None | "gram" | "fisher"
+
+    def factorize(self, kernel: np.ndarray, stats=None) -> decompose.Factorization:
+        raise NotImplementedError
+
+
+def _exactly_one(spec, names):
+    given = [name for name in names if getattr(spec, name) is not None]
+    if len(given) != 1:
+        raise ValueError(
+            f"{type(spec).__name__} needs exactly one of {', '.join(names)}; got "
+            f"{', '.join(f'{n}={getattr(spec, n)!r}' for n in given) if given else 'none'}."
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Keep(Spec):
+    """Leave the layer as it is (useful to exempt layers from a broad pattern)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LowRank(Spec):
+    """`LowRankDense` by truncated SVD ("svd"), activation-aware SVD ("whitened",
+    needs calibration data) or Fisher-weighted SVD ("fisher", needs labelled
+    calibration data and a loss). Rank from `rank`, kept `energy`, or
+    `param_budget` (a fraction of in·out, or a parameter count)."""
+
+    rank: Optional[int] = None
+    energy: Optional[float] = None
+    param_budget: Optional[float] = None
+    method: str = "svd"
+
+    _METHODS = {"svd": None, "whitened": "gram", "fisher": "fisher"}
+
+    def __post_init__(self):
+        if self.method not in self._METHODS:
+            raise ValueError(f"LowRank method must be one of {sorted(self._METHODS)}, got {self.method!r}.")
+        _exactly_one(self, ("rank", "energy", "param_budget"))
+
+    @property
+    def needs(self):
+        return self._METHODS[self.method]
+
+    def factorize(self, kernel, stats=None):
+        selection = dict(rank=self.rank, energy=self.energy, param_budget=self.param_budget)
+        if self.method == "svd":
+            return decompose.svd(kernel, **selection)
+        if self.method == "whitened":
+            return decompose.whitened_svd(kernel, stats.gram, **selection)
+        return decompose.fisher_svd(kernel, stats.row_importance, **selection)
+
+
+@dataclasses.dataclass(frozen=True)
+class Kronecker(Spec):
+    """`KroneckerDense` by the nearest Kronecker product (Van Loan–Pitsianis).
+    Factors default to the most balanced split; `num_terms` or `param_budget`."""
+
+    input_factors: Optional[Sequence[int]] = None
+    output_factors: Optional[Sequence[int]] = None
+    num_terms: Optional[int] = None
+    param_budget: Optional[float] = None
+
+    def __post_init__(self):
+        if self.num_terms is not None and self.param_budget is not None:
+            raise ValueError("Kronecker takes num_terms or param_budget, not both.")
+
+    def factorize(self, kernel, stats=None):
+        ins = tuple(self.input_factors or decompose.balanced_factors(kernel.shape[0], 2))
+        outs = tuple(self.output_factors or decompose.balanced_factors(kernel.shape[1], 2))
+        terms = self.num_terms or 1
+        if self.param_budget is not None:
+            terms = decompose.kronecker_terms_for_budget(ins, outs, self.param_budget)
+        return decompose.nearest_kronecker(kernel, ins, outs, num_terms=terms)
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorTrain(Spec):
+    """`TTDense` by TT-SVD. Factors default to balanced splits into `num_cores`;
+    `ranks` (int or tuple), `eps` (relative error bound) or `param_budget`."""
+
+    input_factors: Optional[Sequence[int]] = None
+    output_factors: Optional[Sequence[int]] = None
+    ranks: Optional[object] = None
+    eps: Optional[float] = None
+    param_budget: Optional[float] = None
+    num_cores: int = 3
+
+    def __post_init__(self):
+        _exactly_one(self, ("ranks", "eps", "param_budget"))
+
+    def factorize(self, kernel, stats=None):
+        ins = tuple(self.input_factors or decompose.balanced_factors(kernel.shape[0], self.num_cores))
+        outs = tuple(self.output_factors or decompose.balanced_factors(kernel.shape[1], self.num_cores))
+        ranks = self.ranks
+        if self.param_budget is not None:
+            ranks = decompose.tt_rank_for_budget(ins, outs, self.param_budget)
+        return decompose.tt_svd(kernel, ins, outs, ranks=ranks, eps=self.eps)
+
+
+@dataclasses.dataclass(frozen=True)
+class Tucker(Spec):
+    """`TuckerDense` by HOSVD (+ `n_iter` HOOI sweeps); `ranks` or `param_budget`."""
+
+    input_factors: Optional[Sequence[int]] = None
+    output_factors: Optional[Sequence[int]] = None
+    ranks: Optional[object] = None
+    param_budget: Optional[float] = None
+    n_iter: int = 0
+
+    def __post_init__(self):
+        _exactly_one(self, ("ranks", "param_budget"))
+
+    def factorize(self, kernel, stats=None):
+        ins = tuple(self.input_factors or decompose.balanced_factors(kernel.shape[0], 2))
+        outs = tuple(self.output_factors or decompose.balanced_factors(kernel.shape[1], 2))
+        ranks = self.ranks
+        if self.param_budget is not None:
+            ranks = decompose.tucker_rank_for_budget(ins, outs, self.param_budget)
+        return decompose.tucker(kernel, ins, outs, ranks, n_iter=self.n_iter)
+
+
+@dataclasses.dataclass(frozen=True)
+class CP(Spec):
+    """`CPDense` by CP-ALS; `rank` or `param_budget`."""
+
+    input_factors: Optional[Sequence[int]] = None
+    output_factors: Optional[Sequence[int]] = None
+    rank: Optional[int] = None
+    param_budget: Optional[float] = None
+    n_iter: int = 200
+    seed: int = 0
+
+    def __post_init__(self):
+        _exactly_one(self, ("rank", "param_budget"))
+
+    def factorize(self, kernel, stats=None):
+        ins = tuple(self.input_factors or decompose.balanced_factors(kernel.shape[0], 2))
+        outs = tuple(self.output_factors or decompose.balanced_factors(kernel.shape[1], 2))
+        rank = self.rank
+        if self.param_budget is not None:
+            rank = decompose.cp_rank_for_budget(ins, outs, self.param_budget)
+        return decompose.cp_als(kernel, ins, outs, rank, n_iter=self.n_iter, seed=self.seed)

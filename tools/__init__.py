@@ -1,0 +1,1 @@
+"""Command-line tools: inspection (and, as they land, export and benchmarks)."""
