@@ -1,9 +1,27 @@
-"""A flat functional Keras BERT and its checkpoints.
+"""BERT as a flat functional tf_keras model: config, encoder, heads and checkpoints."""
 
-So far: reading Hugging Face BERT checkpoints (config + safetensors) with numpy,
-including the bundled all-MiniLM-L6-v2.
-"""
-
+from bert.checkpoints import LoadedBert, load_google_checkpoint, load_hf, load_pretrained
+from bert.config import BertConfig
+from bert.encoder import BLOCK_PROJECTIONS, INPUT_NAMES, build_encoder
+from bert.heads import BertPretrainer, build_classifier, build_pretrainer, build_pretraining_network
 from bert.hf_weights import HFCheckpoint, minilm_path, read_hf_checkpoint
+from bert.peft import trainable_only
 
-__all__ = ["HFCheckpoint", "minilm_path", "read_hf_checkpoint"]
+__all__ = [
+    "BLOCK_PROJECTIONS",
+    "BertConfig",
+    "BertPretrainer",
+    "HFCheckpoint",
+    "INPUT_NAMES",
+    "LoadedBert",
+    "build_classifier",
+    "build_encoder",
+    "build_pretrainer",
+    "build_pretraining_network",
+    "load_google_checkpoint",
+    "load_hf",
+    "load_pretrained",
+    "minilm_path",
+    "read_hf_checkpoint",
+    "trainable_only",
+]

@@ -21,7 +21,58 @@ class Spec:
     needs: Optional[str] = None  # None | "gram" | "fisher"
 
     def factorize(self, kernel: np.ndarray, stats=None) -> decompose.Factorization:
+        """Factors of a trained kernel (in, out), for `reparameterize`."""
         raise NotImplementedError
+
+    def layer_kwargs(self, in_features: int, units: int) -> tuple[str, dict]:
+        """(layer family, constructor kwargs) for a fresh layer of this shape (no weights)."""
+        raise NotImplementedError
+
+    def make_layer(self, in_features: int, units: int, **dense_kwargs):
+        """A freshly initialised layer of this spec's type, for building models from scratch."""
+        from tfreparam.surgery import LAYER_CLASSES  # surgery imports specs
+
+        family, kwargs = self.layer_kwargs(in_features, units)
+        return LAYER_CLASSES[family](units, **kwargs, **dense_kwargs)
+
+
+def spec_for(policy, name: str) -> Optional[Spec]:
+    """The spec a name-based policy gives layer `name` (None: keep a plain Dense).
+
+    `policy` is None, a spec (every projection), a dict of regex (full match,
+    first wins) -> spec, or a callable(name) -> spec or None.
+    """
+    import re
+
+    if policy is None:
+        return None
+    if isinstance(policy, Spec):
+        spec = policy
+    elif isinstance(policy, dict):
+        spec = next((s for pattern, s in policy.items() if re.fullmatch(pattern, name)), None)
+    elif callable(policy):
+        spec = policy(name)
+    else:
+        raise ValueError(f"A layer policy must be a spec, a dict or a callable; got {type(policy).__name__}.")
+    if spec is not None and not isinstance(spec, Spec):
+        raise ValueError(f"The policy gives {spec!r} for '{name}', which is not a spec.")
+    return None if isinstance(spec, Keep) else spec
+
+
+def _fraction(budget, spec) -> float:
+    if not isinstance(budget, float) or not 0.0 < budget <= 1.0:
+        raise ValueError(
+            f"{type(spec).__name__}: building a layer from scratch takes param_budget as a "
+            f"fraction in (0, 1], got {budget!r}."
+        )
+    return budget
+
+
+def _needs_weights(spec, field):
+    raise ValueError(
+        f"{type(spec).__name__}({field}=...) chooses its size from trained weights; to build a "
+        "layer from scratch give an explicit size or a param_budget fraction."
+    )
 
 
 def _exactly_one(spec, names):
@@ -69,6 +120,14 @@ class LowRank(Spec):
             return decompose.whitened_svd(kernel, stats.gram, **selection)
         return decompose.fisher_svd(kernel, stats.row_importance, **selection)
 
+    def layer_kwargs(self, in_features, units):
+        if self.energy is not None:
+            _needs_weights(self, "energy")
+        rank = self.rank
+        if self.param_budget is not None:
+            rank = decompose.low_rank_rank_for_budget(in_features, units, _fraction(self.param_budget, self))
+        return "low_rank", {"rank": rank}
+
 
 @dataclasses.dataclass(frozen=True)
 class Kronecker(Spec):
@@ -91,6 +150,14 @@ class Kronecker(Spec):
         if self.param_budget is not None:
             terms = decompose.kronecker_terms_for_budget(ins, outs, self.param_budget)
         return decompose.nearest_kronecker(kernel, ins, outs, num_terms=terms)
+
+    def layer_kwargs(self, in_features, units):
+        ins = tuple(self.input_factors or decompose.balanced_factors(in_features, 2))
+        outs = tuple(self.output_factors or decompose.balanced_factors(units, 2))
+        terms = self.num_terms or 1
+        if self.param_budget is not None:
+            terms = decompose.kronecker_terms_for_budget(ins, outs, _fraction(self.param_budget, self))
+        return "kronecker", {"input_factors": ins, "output_factors": outs, "num_terms": terms}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,6 +183,16 @@ class TensorTrain(Spec):
             ranks = decompose.tt_rank_for_budget(ins, outs, self.param_budget)
         return decompose.tt_svd(kernel, ins, outs, ranks=ranks, eps=self.eps)
 
+    def layer_kwargs(self, in_features, units):
+        if self.eps is not None:
+            _needs_weights(self, "eps")
+        ins = tuple(self.input_factors or decompose.balanced_factors(in_features, self.num_cores))
+        outs = tuple(self.output_factors or decompose.balanced_factors(units, self.num_cores))
+        ranks = self.ranks
+        if self.param_budget is not None:
+            ranks = decompose.tt_rank_for_budget(ins, outs, _fraction(self.param_budget, self))
+        return "tensor_train", {"input_factors": ins, "output_factors": outs, "ranks": ranks}
+
 
 @dataclasses.dataclass(frozen=True)
 class Tucker(Spec):
@@ -137,6 +214,14 @@ class Tucker(Spec):
         if self.param_budget is not None:
             ranks = decompose.tucker_rank_for_budget(ins, outs, self.param_budget)
         return decompose.tucker(kernel, ins, outs, ranks, n_iter=self.n_iter)
+
+    def layer_kwargs(self, in_features, units):
+        ins = tuple(self.input_factors or decompose.balanced_factors(in_features, 2))
+        outs = tuple(self.output_factors or decompose.balanced_factors(units, 2))
+        ranks = self.ranks
+        if self.param_budget is not None:
+            ranks = decompose.tucker_rank_for_budget(ins, outs, _fraction(self.param_budget, self))
+        return "tucker", {"input_factors": ins, "output_factors": outs, "ranks": ranks}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,3 +245,11 @@ class CP(Spec):
         if self.param_budget is not None:
             rank = decompose.cp_rank_for_budget(ins, outs, self.param_budget)
         return decompose.cp_als(kernel, ins, outs, rank, n_iter=self.n_iter, seed=self.seed)
+
+    def layer_kwargs(self, in_features, units):
+        ins = tuple(self.input_factors or decompose.balanced_factors(in_features, 2))
+        outs = tuple(self.output_factors or decompose.balanced_factors(units, 2))
+        rank = self.rank
+        if self.param_budget is not None:
+            rank = decompose.cp_rank_for_budget(ins, outs, _fraction(self.param_budget, self))
+        return "cp", {"input_factors": ins, "output_factors": outs, "rank": rank}

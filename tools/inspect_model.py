@@ -1,6 +1,6 @@
 r"""Print the per-layer compression report of a saved Keras model.
 
-    python -m tools.inspect MODEL_PATH [--markdown] [--original=ORIGINAL_PATH]
+    python -m tools.inspect_model MODEL_PATH [--markdown] [--original=ORIGINAL_PATH]
 
 MODEL_PATH is a `.keras` file, an `.h5` model or a SavedModel directory saved
 from tf_keras; with --original, errors are measured against that model.
@@ -33,7 +33,7 @@ def load(path: str):
 
 def main(argv):
     if len(argv) != 2:
-        raise app.UsageError("Usage: python -m tools.inspect MODEL_PATH [--markdown] [--original=PATH]")
+        raise app.UsageError("Usage: python -m tools.inspect_model MODEL_PATH [--markdown] [--original=PATH]")
     import tfreparam
 
     model = load(argv[1])

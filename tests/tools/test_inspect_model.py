@@ -1,4 +1,4 @@
-"""tools/inspect.py on saved models, as a user runs it."""
+"""tools/inspect_model.py on saved models, as a user runs it."""
 
 import subprocess
 import sys
@@ -9,7 +9,7 @@ import tfreparam as tr
 
 
 def _run(*args):
-    return subprocess.run([sys.executable, "-m", "tools.inspect", *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "tools.inspect_model", *args], capture_output=True, text=True, timeout=300)
 
 
 def test_inspect_prints_the_report(tmp_path):

@@ -1,0 +1,204 @@
+"""Loading pretrained BERT weights: Hugging Face directories and Google TF1 checkpoints.
+
+Both loaders go through one name map from our layer names to each format's
+tensor names, so a weight is either loaded with a checked shape or reported:
+missing, unexpected and mis-shaped tensors are listed together in one error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Callable, Optional
+
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+
+from bert.config import BertConfig
+from bert.encoder import build_encoder
+from bert.heads import build_pretraining_network
+
+_logger = logging.getLogger(__name__)
+
+HEAD_PREFIXES = ("mlm/", "nsp/")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Entry:
+    layer: str  # our layer name
+    index: int  # position in layer.get_weights()
+    hf: str
+    google: str
+    # HF stores Linear weights (out, in) and Google stores NSP weights (2, in);
+    # Keras wants (in, out).
+    transpose_hf: bool
+    transpose_google: bool
+
+
+def _name_map(config: BertConfig, with_heads: bool) -> list[_Entry]:
+    entries = []
+
+    def add(layer, index, hf, google, transpose_hf=False, transpose_google=False):
+        entries.append(_Entry(layer, index, hf, google, transpose_hf, transpose_google))
+
+    def dense(layer, hf, google):
+        add(layer, 0, f"{hf}.weight", f"{google}/kernel", transpose_hf=True)
+        add(layer, 1, f"{hf}.bias", f"{google}/bias")
+
+    def norm(layer, hf, google):
+        add(layer, 0, f"{hf}.weight", f"{google}/gamma")
+        add(layer, 1, f"{hf}.bias", f"{google}/beta")
+
+    add("embeddings/word", 0, "embeddings.word_embeddings.weight", "bert/embeddings/word_embeddings")
+    add("embeddings/type", 0, "embeddings.token_type_embeddings.weight", "bert/embeddings/token_type_embeddings")
+    add("embeddings/position", 0, "embeddings.position_embeddings.weight", "bert/embeddings/position_embeddings")
+    norm("embeddings/layer_norm", "embeddings.LayerNorm", "bert/embeddings/LayerNorm")
+    for i in range(config.num_layers):
+        ours, hf, g = f"layer_{i}", f"encoder.layer.{i}", f"bert/encoder/layer_{i}"
+        for part in ("query", "key", "value"):
+            dense(f"{ours}/attention/{part}", f"{hf}.attention.self.{part}", f"{g}/attention/self/{part}")
+        dense(f"{ours}/attention/output", f"{hf}.attention.output.dense", f"{g}/attention/output/dense")
+        norm(f"{ours}/attention/layer_norm", f"{hf}.attention.output.LayerNorm", f"{g}/attention/output/LayerNorm")
+        dense(f"{ours}/ffn/intermediate", f"{hf}.intermediate.dense", f"{g}/intermediate/dense")
+        dense(f"{ours}/ffn/output", f"{hf}.output.dense", f"{g}/output/dense")
+        norm(f"{ours}/ffn/layer_norm", f"{hf}.output.LayerNorm", f"{g}/output/LayerNorm")
+    dense("pooler/dense", "pooler.dense", "bert/pooler/dense")
+    if with_heads:
+        dense("mlm/transform", "cls.predictions.transform.dense", "cls/predictions/transform/dense")
+        norm("mlm/layer_norm", "cls.predictions.transform.LayerNorm", "cls/predictions/transform/LayerNorm")
+        add("mlm/output_bias", 0, "cls.predictions.bias", "cls/predictions/output_bias")
+        add("nsp/dense", 0, "cls.seq_relationship.weight", "cls/seq_relationship/output_weights",
+            transpose_hf=True, transpose_google=True)
+        add("nsp/dense", 1, "cls.seq_relationship.bias", "cls/seq_relationship/output_bias")
+    return entries
+
+
+def _assign(model: keras.Model, entries, lookup: Callable[[_Entry], Optional[np.ndarray]],
+            available: set, used_name: Callable[[_Entry], str], transpose: Callable[[_Entry], bool],
+            strict: bool, source: str):
+    """Loads every entry via `lookup`; raises one error listing all problems."""
+    missing, mismatched, fresh_heads = [], [], set()
+    new_weights = {}
+    for entry in entries:
+        value = lookup(entry)
+        layer = model.get_layer(entry.layer)
+        if value is None:
+            if not strict and entry.layer.startswith(HEAD_PREFIXES):
+                fresh_heads.add(entry.layer.split("/")[0])
+                continue
+            missing.append(used_name(entry))
+            continue
+        if transpose(entry):
+            value = value.T
+        weights = new_weights.setdefault(entry.layer, layer.get_weights())
+        expected = weights[entry.index].shape
+        if value.shape != expected:
+            mismatched.append(f"{used_name(entry)}: checkpoint {value.shape} vs model {expected} ({entry.layer})")
+            continue
+        weights[entry.index] = value
+    unexpected = sorted(available - {used_name(e) for e in entries} - _IGNORED)
+    problems = []
+    if missing:
+        problems.append(f"missing tensors: {missing}")
+    if mismatched:
+        problems.append(f"mis-shaped tensors: {mismatched}")
+    if unexpected and strict:
+        problems.append(f"unexpected tensors: {unexpected}")
+    if problems:
+        raise ValueError(
+            f"{source} does not match the BERT config: " + "; ".join(problems)
+            + ". Check that the config matches the checkpoint (or pass strict=False to allow "
+            "absent pretraining heads and extra tensors)."
+        )
+    for name, weights in new_weights.items():
+        model.get_layer(name).set_weights(weights)
+    if fresh_heads:
+        _logger.warning("%s has no weights for heads %s; they are freshly initialised.", source, sorted(fresh_heads))
+    return sorted(fresh_heads)
+
+
+# Bookkeeping tensors that are not weights.
+_IGNORED = {"embeddings.position_ids", "cls.predictions.decoder.weight", "cls.predictions.decoder.bias",
+            "global_step"}
+
+
+@dataclasses.dataclass
+class LoadedBert:
+    config: BertConfig
+    model: keras.Model  # the encoder, or the pretraining network with heads
+    fresh_heads: list  # heads the checkpoint had no weights for
+
+
+def load_hf(path: str, with_heads: bool = False, strict: bool = True, layer_policy=None,
+            calibration_data=None, **encoder_kwargs) -> LoadedBert:
+    """Reads a Hugging Face BERT directory (config.json + model.safetensors) with numpy.
+
+    Returns the encoder, or with `with_heads` the pretraining network whose MLM/NSP
+    heads are loaded when the checkpoint has them (freshly initialised and
+    listed in `fresh_heads` otherwise, which needs strict=False). With a
+    `layer_policy`, the loaded encoder's projections are then reparameterized
+    by `tfreparam.reparameterize` (decomposed from the pretrained weights).
+    """
+    from bert.hf_weights import _encoder_prefix, read_hf_checkpoint
+
+    checkpoint = read_hf_checkpoint(path)
+    config = BertConfig.from_hf_config(checkpoint.config)
+    tensors = dict(checkpoint.tensors)
+    prefix = _encoder_prefix(tensors)
+    if prefix:  # BertForPreTraining: strip "bert." from encoder tensors
+        tensors = {name[len(prefix):] if name.startswith(prefix) else name: value for name, value in tensors.items()}
+    model = _build(config, with_heads, encoder_kwargs)
+    if not with_heads:
+        tensors = {name: value for name, value in tensors.items() if not name.startswith("cls.")}
+    fresh = _assign(
+        model, _name_map(config, with_heads), lambda e: tensors.get(e.hf), set(tensors),
+        lambda e: e.hf, lambda e: e.transpose_hf, strict,
+        f"Checkpoint {checkpoint.path}",
+    )
+    model = _reparameterize(model, layer_policy, calibration_data)
+    return LoadedBert(config, model, fresh)
+
+
+def load_google_checkpoint(ckpt_prefix: str, config: BertConfig, with_heads: bool = False,
+                           strict: bool = True, **encoder_kwargs) -> LoadedBert:
+    """Reads an original Google BERT TF1 checkpoint (`bert/encoder/layer_N/...`, `cls/...`)."""
+    try:
+        reader = tf.train.load_checkpoint(ckpt_prefix)
+    except (tf.errors.NotFoundError, tf.errors.DataLossError, ValueError) as error:
+        raise ValueError(f"Cannot read the TF checkpoint {ckpt_prefix!r}: {error}") from error
+    available = set(reader.get_variable_to_shape_map())
+    model = _build(config, with_heads, encoder_kwargs)
+    if not with_heads:
+        available = {name for name in available if not name.startswith("cls/")}
+    fresh = _assign(
+        model, _name_map(config, with_heads),
+        lambda e: reader.get_tensor(e.google) if e.google in available else None,
+        {name for name in available if not _is_optimizer_slot(name)},
+        lambda e: e.google, lambda e: e.transpose_google, strict,
+        f"Checkpoint {ckpt_prefix}",
+    )
+    return LoadedBert(config, model, fresh)
+
+
+def _is_optimizer_slot(name: str) -> bool:
+    return name.endswith(("/adam_m", "/adam_v")) or name == "global_step"
+
+
+def _build(config, with_heads, encoder_kwargs):
+    if with_heads:
+        return build_pretraining_network(config, build_encoder(config, **encoder_kwargs))
+    return build_encoder(config, **encoder_kwargs)
+
+
+def _reparameterize(model, layer_policy, calibration_data):
+    if layer_policy is None:
+        return model
+    import tfreparam
+
+    return tfreparam.reparameterize(model, layer_policy, calibration_data=calibration_data)
+
+
+def load_pretrained(name_or_path: str = "minilm", **kwargs) -> keras.Model:
+    """The encoder of a Hugging Face checkpoint directory; "minilm" = the bundled all-MiniLM-L6-v2."""
+    return load_hf(name_or_path, **kwargs).model
