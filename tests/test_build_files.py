@@ -15,16 +15,13 @@ PACKAGES = ["tfreparam", "bert", "recipes", "tools", "bench", "tests"]
 SKIP_DIRS = {".venv", ".git", "__pycache__", "reports", ".pytest_cache", ".hypothesis"}
 
 
-def _build_files():
-    return sorted(
-        path for path in ROOT.rglob("BUILD")
-        if not SKIP_DIRS.intersection(path.relative_to(ROOT).parts)
-    )
+def _walk(root, pattern):
+    return sorted(p for p in root.rglob(pattern) if not SKIP_DIRS.intersection(p.relative_to(root).parts))
 
 
-def _evaluate(build_file):
+def _evaluate(root, build_file):
     """Runs one BUILD file; returns {target label: attributes}."""
-    package = build_file.parent.relative_to(ROOT).as_posix()
+    package = build_file.parent.relative_to(root).as_posix()
     package = "" if package == "." else package
     targets = {}
 
@@ -37,78 +34,65 @@ def _evaluate(build_file):
 
         return define
 
-    def load(bzl, *symbols, **aliases):
-        for symbol in symbols:
-            namespace[symbol] = stubs.get(symbol, rule(symbol))
-        for alias, symbol in aliases.items():
-            namespace[alias] = stubs.get(symbol, rule(symbol))
+    def no_glob(*args, **kwargs):
+        raise AssertionError(f"{build_file}: list sources explicitly, not with glob()")
 
-    stubs = {
-        "py_library": rule("py_library"),
-        "py_test": rule("py_test"),
-        "py_binary": rule("py_binary"),
-        "filegroup": rule("filegroup"),
-        "requirement": lambda name: f"@pypi//{name.replace('-', '_')}",
-    }
+    rules = {kind: rule(kind) for kind in ("py_library", "py_test", "py_binary", "filegroup")}
+    rules["requirement"] = lambda name: f"@pypi//{name.replace('-', '_')}"
     namespace = {
-        "load": load,
         "package": lambda **kwargs: None,
         "exports_files": lambda *args, **kwargs: None,
-        "glob": lambda *args, **kwargs: pytest.fail(f"{build_file}: list sources explicitly, not with glob()"),
+        "glob": no_glob,
+        "filegroup": rules["filegroup"],
     }
-    namespace.update({k: v for k, v in stubs.items() if k == "filegroup"})
+
+    def load(bzl, *symbols, **aliases):
+        for symbol in symbols:
+            namespace[symbol] = rules[symbol]
+        for alias, symbol in aliases.items():
+            namespace[alias] = rules[symbol]
+
+    namespace["load"] = load
     exec(compile(build_file.read_text(), str(build_file), "exec"), namespace)
     return targets
 
 
-@pytest.fixture(scope="module")
-def targets():
-    files = _build_files()
-    assert (ROOT / "BUILD") in files, "the repository root needs a BUILD file"
-    result = {}
-    for build_file in files:
-        result.update(_evaluate(build_file))
-    return result
+def load_targets(root):
+    targets = {}
+    for build_file in _walk(root, "BUILD"):
+        targets.update(_evaluate(root, build_file))
+    return targets
 
 
 def _sources(targets, kinds=None):
-    paths = {}
-    for label, attrs in targets.items():
-        if kinds and attrs["kind"] not in kinds:
-            continue
-        for src in attrs.get("srcs", []):
-            path = (pathlib.PurePosixPath(attrs["package"]) / src).as_posix()
-            paths.setdefault(path, []).append(label)
+    paths = set()
+    for attrs in targets.values():
+        if kinds is None or attrs["kind"] in kinds:
+            paths.update((pathlib.PurePosixPath(attrs["package"]) / src).as_posix() for src in attrs.get("srcs", []))
     return paths
 
 
-def test_every_listed_source_exists(targets):
-    missing = sorted(path for path in _sources(targets) if not (ROOT / path).is_file())
-    assert not missing, f"BUILD targets name files that do not exist: {missing}"
+def missing_sources(root, targets):
+    return sorted(path for path in _sources(targets) if not (root / path).is_file())
 
 
-def test_every_module_belongs_to_a_target(targets):
+def uncovered_modules(root, targets):
     covered = _sources(targets)
-    modules = sorted(
-        path.relative_to(ROOT).as_posix()
-        for package in PACKAGES
-        for path in (ROOT / package).rglob("*.py")
-        if not SKIP_DIRS.intersection(path.relative_to(ROOT).parts)
-    )
-    uncovered = [module for module in modules if module not in covered]
-    assert not uncovered, f"modules missing from every BUILD target: {uncovered}"
+    modules = [
+        path.relative_to(root).as_posix()
+        for package in PACKAGES if (root / package).is_dir()
+        for path in _walk(root / package, "*.py")
+    ]
+    return [module for module in modules if module not in covered]
 
 
-def test_every_test_file_is_a_py_test(targets):
+def files_without_py_test(root, targets):
     tests = _sources(targets, kinds={"py_test"})
-    test_files = sorted(
-        path.relative_to(ROOT).as_posix() for path in (ROOT / "tests").rglob("test_*.py")
-    )
-    missing = [path for path in test_files if path not in tests]
-    assert not missing, f"test files without a py_test target: {missing}"
+    files = [p.relative_to(root).as_posix() for p in _walk(root / "tests", "test_*.py")] if (root / "tests").is_dir() else []
+    return [path for path in files if path not in tests]
 
 
-def test_in_repo_deps_resolve(targets):
+def dangling_deps(targets):
     def resolve(label, package):
         if label.startswith(":"):
             return f"//{package}{label}"
@@ -116,11 +100,55 @@ def test_in_repo_deps_resolve(targets):
             return f"{label}:{label.rsplit('/', 1)[-1]}"
         return label
 
-    dangling = []
-    for label, attrs in targets.items():
-        for dep in attrs.get("deps", []):
-            if dep.startswith("@"):
-                continue  # external (pip) dependency
-            if resolve(dep, attrs["package"]) not in targets:
-                dangling.append(f"{label} -> {dep}")
-    assert not dangling, f"deps that name no target: {dangling}"
+    return [
+        f"{label} -> {dep}"
+        for label, attrs in targets.items()
+        for dep in attrs.get("deps", [])
+        if not dep.startswith("@") and resolve(dep, attrs["package"]) not in targets
+    ]
+
+
+@pytest.fixture(scope="module")
+def targets():
+    assert (ROOT / "BUILD").is_file(), "the repository root needs a BUILD file"
+    return load_targets(ROOT)
+
+
+def test_every_listed_source_exists(targets):
+    assert not missing_sources(ROOT, targets), "BUILD targets name files that do not exist"
+
+
+def test_every_module_belongs_to_a_target(targets):
+    assert not uncovered_modules(ROOT, targets), "modules missing from every BUILD target"
+
+
+def test_every_test_file_is_a_py_test(targets):
+    assert not files_without_py_test(ROOT, targets), "test files without a py_test target"
+
+
+def test_in_repo_deps_resolve(targets):
+    assert not dangling_deps(targets), "deps that name no target"
+
+
+def test_checker_reports_each_kind_of_gap(tmp_path):
+    (tmp_path / "tfreparam").mkdir()
+    (tmp_path / "tests").mkdir()
+    for path in ["tfreparam/__init__.py", "tfreparam/orphan.py", "tests/test_a.py", "tests/test_b.py"]:
+        (tmp_path / path).write_text("")
+    (tmp_path / "BUILD").write_text("")
+    (tmp_path / "tfreparam" / "BUILD").write_text(
+        'load("@rules_python//python:defs.bzl", "py_library")\n'
+        'py_library(name = "tfreparam", srcs = ["__init__.py", "gone.py"], deps = ["//nowhere"])\n'
+    )
+    (tmp_path / "tests" / "BUILD").write_text(
+        'load("@rules_python//python:defs.bzl", "py_test")\n'
+        'py_test(name = "test_a", srcs = ["test_a.py"], deps = ["//tfreparam"])\n'
+    )
+    found = load_targets(tmp_path)
+    assert missing_sources(tmp_path, found) == ["tfreparam/gone.py"]
+    assert uncovered_modules(tmp_path, found) == ["tfreparam/orphan.py", "tests/test_b.py"]
+    assert files_without_py_test(tmp_path, found) == ["tests/test_b.py"]
+    assert dangling_deps(found) == ["//tfreparam:tfreparam -> //nowhere"]
+    (tmp_path / "tests" / "BUILD").write_text('srcs = glob(["*.py"])\n')
+    with pytest.raises(AssertionError, match="not with glob"):
+        load_targets(tmp_path)

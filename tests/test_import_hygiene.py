@@ -8,25 +8,21 @@ _PROBE = r"""
 import json, os, sys, logging
 import tensorflow as tf
 import tf_keras as keras
-before = {
-    "env": dict(os.environ),
-    "policy": keras.mixed_precision.global_policy().name,
-    "tf_log_level": tf.get_logger().level,
-    "root_log_level": logging.getLogger().level,
-    "floatx": keras.backend.floatx(),
-    "eager": tf.executing_eagerly(),
-}
+
+def snapshot():
+    return {
+        "env": dict(os.environ),
+        "policy": keras.mixed_precision.global_policy().name,
+        "tf_log_level": tf.get_logger().level,
+        "root_log_level": logging.getLogger().level,
+        "floatx": keras.backend.floatx(),
+        "eager": tf.executing_eagerly(),
+    }
+
+before = snapshot()
 sys.stderr.write("@@MARK@@\n"); sys.stderr.flush()
-import tfreparam, tfreparam.layers
-after = {
-    "env": dict(os.environ),
-    "policy": keras.mixed_precision.global_policy().name,
-    "tf_log_level": tf.get_logger().level,
-    "root_log_level": logging.getLogger().level,
-    "floatx": keras.backend.floatx(),
-    "eager": tf.executing_eagerly(),
-}
-print(json.dumps({"before": before, "after": after}))
+import tfreparam, tfreparam.layers, bert
+print(json.dumps({"before": before, "after": snapshot()}))
 """
 
 

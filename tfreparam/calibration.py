@@ -76,26 +76,30 @@ def input_grams(model: keras.Model, layers, data) -> dict[str, LayerStats]:
     return stats
 
 
-def fisher_row_importance(model, layers, kernels, data, loss_fn=None) -> dict[str, LayerStats]:
+def fisher_row_importance(model, layers, kernels, data, loss_fn=None, objective=None) -> dict[str, LayerStats]:
     """Σ over batches of (∂L/∂W)², summed over the output axis: (in,) per layer.
 
     Uses per-batch gradients (the usual FWSVD approximation of the empirical
-    Fisher). `kernels` maps layer name -> the kernel variable.
+    Fisher). `kernels` maps layer name -> the kernel variable. The loss is
+    `loss_fn(y, model(x))` on (x, y) batches (default: the compiled loss), or
+    `objective(model, x)` for unlabelled data (e.g. a contrastive objective).
     """
-    loss_fn = loss_fn or getattr(model, "loss", None)
-    if loss_fn is None:
-        raise ValueError(
-            "Fisher-weighted SVD needs a loss: compile the model or pass loss_fn=..."
-        )
-    loss_fn = keras.losses.get(loss_fn)
+    if objective is None:
+        loss_fn = loss_fn or getattr(model, "loss", None)
+        if loss_fn is None:
+            raise ValueError(
+                "Fisher-weighted SVD needs a loss: compile the model, pass loss_fn=..., or "
+                "pass objective=callable(model, x) for unlabelled data."
+            )
+        loss_fn = keras.losses.get(loss_fn)
     stats = {layer.name: LayerStats() for layer in layers}
     variables = [kernels[layer.name] for layer in layers]
     for batch in as_dataset(data):
         x, y = _split(batch)
-        if y is None:
+        if objective is None and y is None:
             raise ValueError("Fisher-weighted SVD needs labelled calibration data: (x, y) batches.")
         with tf.GradientTape() as tape:
-            loss = loss_fn(y, model(x, training=False))
+            loss = objective(model, x) if objective is not None else loss_fn(y, model(x, training=False))
         for layer, grad in zip(layers, tape.gradient(loss, variables)):
             if grad is None:
                 raise ValueError(f"The loss does not depend on layer '{layer.name}'.")

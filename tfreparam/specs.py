@@ -59,6 +59,13 @@ def spec_for(policy, name: str) -> Optional[Spec]:
     return None if isinstance(spec, Keep) else spec
 
 
+def _modes(spec, in_features: int, units: int, count: int = 2):
+    """The spec's input/output factors, or the most balanced `count`-way splits."""
+    ins = tuple(spec.input_factors or decompose.balanced_factors(in_features, count))
+    outs = tuple(spec.output_factors or decompose.balanced_factors(units, count))
+    return ins, outs
+
+
 def _fraction(budget, spec) -> float:
     if not isinstance(budget, float) or not 0.0 < budget <= 1.0:
         raise ValueError(
@@ -144,16 +151,14 @@ class Kronecker(Spec):
             raise ValueError("Kronecker takes num_terms or param_budget, not both.")
 
     def factorize(self, kernel, stats=None):
-        ins = tuple(self.input_factors or decompose.balanced_factors(kernel.shape[0], 2))
-        outs = tuple(self.output_factors or decompose.balanced_factors(kernel.shape[1], 2))
+        ins, outs = _modes(self, *kernel.shape)
         terms = self.num_terms or 1
         if self.param_budget is not None:
             terms = decompose.kronecker_terms_for_budget(ins, outs, self.param_budget)
         return decompose.nearest_kronecker(kernel, ins, outs, num_terms=terms)
 
     def layer_kwargs(self, in_features, units):
-        ins = tuple(self.input_factors or decompose.balanced_factors(in_features, 2))
-        outs = tuple(self.output_factors or decompose.balanced_factors(units, 2))
+        ins, outs = _modes(self, in_features, units)
         terms = self.num_terms or 1
         if self.param_budget is not None:
             terms = decompose.kronecker_terms_for_budget(ins, outs, _fraction(self.param_budget, self))
@@ -176,8 +181,7 @@ class TensorTrain(Spec):
         _exactly_one(self, ("ranks", "eps", "param_budget"))
 
     def factorize(self, kernel, stats=None):
-        ins = tuple(self.input_factors or decompose.balanced_factors(kernel.shape[0], self.num_cores))
-        outs = tuple(self.output_factors or decompose.balanced_factors(kernel.shape[1], self.num_cores))
+        ins, outs = _modes(self, *kernel.shape, count=self.num_cores)
         ranks = self.ranks
         if self.param_budget is not None:
             ranks = decompose.tt_rank_for_budget(ins, outs, self.param_budget)
@@ -186,8 +190,7 @@ class TensorTrain(Spec):
     def layer_kwargs(self, in_features, units):
         if self.eps is not None:
             _needs_weights(self, "eps")
-        ins = tuple(self.input_factors or decompose.balanced_factors(in_features, self.num_cores))
-        outs = tuple(self.output_factors or decompose.balanced_factors(units, self.num_cores))
+        ins, outs = _modes(self, in_features, units, count=self.num_cores)
         ranks = self.ranks
         if self.param_budget is not None:
             ranks = decompose.tt_rank_for_budget(ins, outs, _fraction(self.param_budget, self))
@@ -208,16 +211,14 @@ class Tucker(Spec):
         _exactly_one(self, ("ranks", "param_budget"))
 
     def factorize(self, kernel, stats=None):
-        ins = tuple(self.input_factors or decompose.balanced_factors(kernel.shape[0], 2))
-        outs = tuple(self.output_factors or decompose.balanced_factors(kernel.shape[1], 2))
+        ins, outs = _modes(self, *kernel.shape)
         ranks = self.ranks
         if self.param_budget is not None:
             ranks = decompose.tucker_rank_for_budget(ins, outs, self.param_budget)
         return decompose.tucker(kernel, ins, outs, ranks, n_iter=self.n_iter)
 
     def layer_kwargs(self, in_features, units):
-        ins = tuple(self.input_factors or decompose.balanced_factors(in_features, 2))
-        outs = tuple(self.output_factors or decompose.balanced_factors(units, 2))
+        ins, outs = _modes(self, in_features, units)
         ranks = self.ranks
         if self.param_budget is not None:
             ranks = decompose.tucker_rank_for_budget(ins, outs, _fraction(self.param_budget, self))
@@ -239,16 +240,14 @@ class CP(Spec):
         _exactly_one(self, ("rank", "param_budget"))
 
     def factorize(self, kernel, stats=None):
-        ins = tuple(self.input_factors or decompose.balanced_factors(kernel.shape[0], 2))
-        outs = tuple(self.output_factors or decompose.balanced_factors(kernel.shape[1], 2))
+        ins, outs = _modes(self, *kernel.shape)
         rank = self.rank
         if self.param_budget is not None:
             rank = decompose.cp_rank_for_budget(ins, outs, self.param_budget)
         return decompose.cp_als(kernel, ins, outs, rank, n_iter=self.n_iter, seed=self.seed)
 
     def layer_kwargs(self, in_features, units):
-        ins = tuple(self.input_factors or decompose.balanced_factors(in_features, 2))
-        outs = tuple(self.output_factors or decompose.balanced_factors(units, 2))
+        ins, outs = _modes(self, in_features, units)
         rank = self.rank
         if self.param_budget is not None:
             rank = decompose.cp_rank_for_budget(ins, outs, _fraction(self.param_budget, self))

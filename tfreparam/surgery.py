@@ -116,7 +116,8 @@ def _select(model, policy) -> dict[str, Spec]:
 # -- reparameterize ------------------------------------------------------------
 
 
-def reparameterize(model: keras.Model, policy: Policy, calibration_data=None, loss_fn=None) -> keras.Model:
+def reparameterize(model: keras.Model, policy: Policy, calibration_data=None, loss_fn=None,
+                   objective=None) -> keras.Model:
     """A copy of `model` whose selected projections are reparameterized.
 
     Args:
@@ -126,13 +127,15 @@ def reparameterize(model: keras.Model, policy: Policy, calibration_data=None, lo
       calibration_data: batches of model inputs (or (x, y) for "fisher"),
         a `tf.data.Dataset` or arrays; needed by data-aware specs.
       loss_fn: loss for Fisher statistics (default: the compiled loss).
+      objective: callable(model, x) -> loss, for Fisher statistics on
+        unlabelled data (instead of loss_fn).
 
     Layers the policy does not select are copied with their weights.
     """
     _check_model(model)
     plan = _select(model, policy)
     by_name = {layer.name: layer for layer in model.layers}
-    stats = _statistics(model, plan, by_name, calibration_data, loss_fn)
+    stats = _statistics(model, plan, by_name, calibration_data, loss_fn, objective)
 
     factorizations = {}
     for name, spec in plan.items():
@@ -174,7 +177,7 @@ def _replacement(layer, factorization):
     )
 
 
-def _statistics(model, plan, by_name, data, loss_fn):
+def _statistics(model, plan, by_name, data, loss_fn, objective):
     needs = {spec.needs for spec in plan.values()} - {None}
     if not needs:
         return {}
@@ -191,7 +194,7 @@ def _statistics(model, plan, by_name, data, loss_fn):
     if "fisher" in needs:
         targets = [by_name[n] for n, s in plan.items() if s.needs == "fisher"]
         kernels = {layer.name: projection(layer)[0] for layer in targets}
-        stats.update(calibration.fisher_row_importance(model, targets, kernels, data, loss_fn))
+        stats.update(calibration.fisher_row_importance(model, targets, kernels, data, loss_fn, objective))
     return stats
 
 
