@@ -3,9 +3,11 @@
 from bert.checkpoints import LoadedBert, load_google_checkpoint, load_hf, load_pretrained
 from bert.config import BertConfig
 from bert.encoder import BLOCK_PROJECTIONS, INPUT_NAMES, build_encoder
+from bert.data import pretraining_dataset, split_sentences
 from bert.heads import BertPretrainer, build_classifier, build_pretrainer, build_pretraining_network
 from bert.hf_weights import HFCheckpoint, minilm_path, read_hf_checkpoint
 from bert.peft import trainable_only
+from bert.preprocessing import LongestFirstTrimmer, Preprocessor, load_vocab
 
 __all__ = [
     "BLOCK_PROJECTIONS",
@@ -14,6 +16,8 @@ __all__ = [
     "HFCheckpoint",
     "INPUT_NAMES",
     "LoadedBert",
+    "LongestFirstTrimmer",
+    "Preprocessor",
     "build_classifier",
     "build_encoder",
     "build_pretrainer",
@@ -21,7 +25,10 @@ __all__ = [
     "load_google_checkpoint",
     "load_hf",
     "load_pretrained",
+    "load_vocab",
+    "pretraining_dataset",
     "minilm_path",
     "read_hf_checkpoint",
+    "split_sentences",
     "trainable_only",
 ]

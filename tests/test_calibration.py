@@ -52,3 +52,17 @@ def test_empty_and_bad_data():
         calibration.as_dataset(object())
     with pytest.raises(ValueError, match="needs a loss"):
         calibration.fisher_row_importance(model, [model.get_layer("a")], {}, empty)
+
+
+def test_padding_positions_are_left_out_of_grams():
+    ids = keras.Input((None,), dtype="int32", name="input_word_ids")
+    mask = keras.Input((None,), dtype="int32", name="input_mask")
+    hidden = keras.layers.Embedding(20, 4, name="embed")(ids)
+    model = keras.Model({"input_word_ids": ids, "input_mask": mask}, keras.layers.Dense(3, name="proj")(hidden))
+    x = {"input_word_ids": np.array([[1, 2, 0, 0], [3, 4, 5, 0]], "int32"),
+         "input_mask": np.array([[1, 1, 0, 0], [1, 1, 1, 0]], "int32")}
+    stats = calibration.input_grams(model, [model.get_layer("proj")], tf.data.Dataset.from_tensors(x))
+    table = model.get_layer("embed").embeddings.numpy().astype(np.float64)
+    real = table[[1, 2, 3, 4, 5]]
+    np.testing.assert_allclose(stats["proj"].gram, real.T @ real / 5, rtol=1e-5)
+    assert stats["proj"].rows == 5

@@ -54,17 +54,31 @@ def _layer_input(layer):
         ) from error
 
 
-def input_grams(model: keras.Model, layers, data) -> dict[str, LayerStats]:
-    """XᵀX / n of every layer's input over `data`, accumulated in float64."""
+def _token_rows(activation, token_mask):
+    """(rows, features) of `activation`, dropping padded positions when a mask is known."""
+    features = activation.shape[-1]
+    activation = tf.cast(activation, tf.float32)
+    if token_mask is not None and activation.shape.rank == 3:
+        return tf.boolean_mask(activation, tf.cast(token_mask, tf.bool))
+    return tf.reshape(activation, (-1, features))
+
+
+def input_grams(model: keras.Model, layers, data, mask_key: Optional[str] = "input_mask") -> dict[str, LayerStats]:
+    """XᵀX / n of every layer's input over `data`, accumulated in float64.
+
+    For token models fed dicts, positions where `x[mask_key] == 0` (padding)
+    are left out of the statistics of (batch, seq, features) activations.
+    """
     probe = keras.Model(model.inputs, [_layer_input(layer) for layer in layers])
     stats = {layer.name: LayerStats() for layer in layers}
     for batch in as_dataset(data):
         x, _ = _split(batch)
+        token_mask = x.get(mask_key) if isinstance(x, dict) and mask_key else None
         activations = probe(x, training=False)
         if len(layers) == 1:
             activations = [activations]
         for layer, activation in zip(layers, activations):
-            flat = tf.reshape(tf.cast(activation, tf.float32), (-1, activation.shape[-1]))
+            flat = _token_rows(activation, token_mask)
             gram = tf.matmul(flat, flat, transpose_a=True).numpy().astype(np.float64)
             entry = stats[layer.name]
             entry.gram = gram if entry.gram is None else entry.gram + gram
