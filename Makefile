@@ -24,14 +24,17 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
+# One BLAS thread per pytest worker: two workers on two cores otherwise
+# oversubscribe, and OpenBLAS slows down many-fold when it does.
 test: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_FLAGS)
+	OPENBLAS_NUM_THREADS=1 $(BIN)/python -m pytest $(PYTEST_FLAGS)
 
 demo: $(STAMP)
 	$(BIN)/python -m recipes.compress
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.layers
+	$(BIN)/python -m bench.decompose
 
 clean:
 	rm -rf $(VENV) reports .pytest_cache

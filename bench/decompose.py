@@ -127,13 +127,13 @@ def per_projection(encoder, stats, budgets):
     return rows
 
 
-def whole_encoder(encoder, calibration_batches, heldout_batches, budgets, objective):
+def whole_encoder(encoder, calibration_batches, heldout_batches, budgets, objective, methods=METHODS):
     import tfreparam as tr
 
     reference = mean_pooled(encoder, heldout_batches)
     rows = []
     for budget in budgets:
-        for method in METHODS:
+        for method in methods:
             start = time.perf_counter()
             compressed = tr.reparameterize(
                 encoder, {PROJECTION_REGEX: _spec(method, budget)},
@@ -170,8 +170,9 @@ def main(argv):
 
     budgets = [float(b) for b in FLAGS.budgets]
     n_cal, n_held = FLAGS.calibration_sentences, FLAGS.heldout_sentences
-    if FLAGS.quick:
-        budgets, n_cal, n_held = budgets[1:2], 32, 32
+    encoder_methods = METHODS
+    if FLAGS.quick:  # a smoke run: one budget, few sentences, two whole-encoder methods
+        budgets, n_cal, n_held, encoder_methods = budgets[1:2], 16, 16, ("svd", "whitened")
     parts = corpus.split(corpus.stdlib_sentences(), {"calibration": 0.2, "train": 0.6, "heldout": 0.2})
     encoder = bert.load_pretrained("minilm")
     preprocessor = Preprocessor.from_pretrained("minilm", seq_length=FLAGS.seq_length)
@@ -205,8 +206,8 @@ def main(argv):
     print(common.text_table(headers, table))
 
     print("\nWhole encoder, held-out mean-pooled embedding cosine vs the original:")
-    encoder_rows = whole_encoder(encoder, calibration_batches, heldout_batches, budgets, objective)
-    enc_headers = ["budget", "params after"] + list(METHODS)
+    encoder_rows = whole_encoder(encoder, calibration_batches, heldout_batches, budgets, objective, encoder_methods)
+    enc_headers = ["budget", "params after"] + list(encoder_methods)
     enc_table = []
     for budget in budgets:
         rows = [r for r in encoder_rows if r["budget"] == budget]

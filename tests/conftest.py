@@ -4,6 +4,9 @@ import os
 
 # Test-process settings only (the library itself never sets these).
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Two pytest workers share two cores: multi-threaded OpenBLAS then spins on a
+# busy machine and a 384x1536 SVD takes seconds instead of ~0.1 s.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np
 import pytest

@@ -59,10 +59,15 @@ def test_flop_counts_match_closed_forms():
 
     kron = tr.KroneckerDense(3072, (24, 32), (48, 64), num_terms=4, use_bias=False)
     kron.build((None, 768))
-    # Cheaper of: A first, 2·K·in·out1 + 2·K·in2·out1·out2, or B first.
+    # A first: 2·K·in·out1 + 2·K·in2·out1·out2; B first: 2·K·in·out2 + 2·K·in1·out2·out1.
     a_first = 2 * 4 * 768 * 48 + 2 * 4 * 32 * 48 * 64
     b_first = 2 * 4 * 768 * 64 + 2 * 4 * 24 * 64 * 48
-    assert kron.flops((10,)) == 10 * min(a_first, b_first)
+    assert kron.flops((10,)) == 10 * a_first
+    # B first has fewer FLOPs but must transpose the output-sized activation
+    # (n, o2, o1) -> (n, o1, o2) at the end; the plan charges for that.
+    assert b_first < a_first
+    moved = {step.operand: step.moved_per_example for step in kron._plan.steps}
+    assert moved == {0: 768, 1: 32 * 4 * 48}
 
 
 def test_tt_picks_the_cheaper_direction():
@@ -72,3 +77,33 @@ def test_tt_picks_the_cheaper_direction():
     first_core_first = 2 * (128 * 32 * 4 + 64 * 32 * 4 * 2)  # contract i0 then (i1, r1)
     last_core_first = 2 * (128 * 4 * 2 + 2 * 2 * 4 * 32)  # contract i1 then (i0, r1)
     assert layer.flops() == min(first_core_first, last_core_first)
+
+
+def test_plan_cost_counts_transposes():
+    from tfreparam.layers import contraction
+
+    layer = tr.KroneckerDense(3072, (24, 32), (48, 64), use_bias=False)
+    layer.build((None, 768))
+    plan = layer._plan
+    # Re-plan with transposes free: the FLOP-minimal order comes back.
+    original = contraction.TRANSPOSE_COST
+    try:
+        contraction.TRANSPOSE_COST = 0
+        flops_only = contraction.ContractionPlan(plan.input_labels, (24, 32), plan.operands, plan.output_labels)
+    finally:
+        contraction.TRANSPOSE_COST = original
+    assert flops_only.flops_per_example < plan.flops_per_example
+    total = lambda p: p.flops_per_example + original * sum(s.moved_per_example for s in p.steps)
+    final = lambda p: contraction._moved(p._labels_after_step(p.steps[-1]), ("n",) + p.output_labels, p.sizes)
+    assert total(plan) + original * final(plan) < total(flops_only) + original * final(flops_only)
+
+
+def test_lora_base_stays_frozen_through_trainable_toggles():
+    inputs = keras.Input((12,))
+    lora = tr.LoRADense(keras.layers.Dense(16, name="base"), rank=2)
+    model = keras.Model(inputs, lora(inputs))
+    for flag in (False, True):
+        model.trainable = flag
+    names = sorted(v.name for v in model.trainable_variables)
+    assert names == sorted(v.name for v in lora.factor_weights.values())
+    assert len(model.weights) == 4 and len(model.non_trainable_weights) == 2

@@ -3,10 +3,11 @@
 A reparameterized kernel is a small tensor network: the input `x` (one batch
 axis `n` and the input modes) meets a handful of factors (low-rank matrices,
 Kronecker factors, tensor-train cores, Tucker cores...) that share named axes.
-`ContractionPlan` picks the order of pairwise contractions with the fewest
-FLOPs (exact dynamic programming over subsets of factors) and runs each step
-as transpose -> reshape -> matmul, the ops every backend (XLA, TFLite, ONNX)
-handles well.
+`ContractionPlan` picks the order of pairwise contractions with the lowest
+cost -- FLOPs plus a per-element charge for every activation transpose, which
+on CPUs costs as much as a sizeable matmul -- by dynamic programming over
+subsets of factors, and runs each step as transpose -> reshape -> matmul, the
+ops every backend (XLA, TFLite, ONNX) handles well.
 
 Every step contracts the running activation with one factor. The plan never
 multiplies two factors together: such weight-only subgraphs are constant-folded
@@ -22,6 +23,12 @@ from typing import Sequence
 import tensorflow as tf
 
 BATCH = "n"  # label of the (flattened, dynamic) example axis of the activation
+
+# Planning cost of moving one activation element in a transpose, in FLOPs.
+# Measured on 2-core AVX-512 CPUs: transposing a 50 MB activation takes as
+# long as ~1.3 GFLOP of matmul, i.e. ~25 FLOPs per byte moved, ~100 per float32
+# element; both the transpose and its gradient pay it, as do the matmuls.
+TRANSPOSE_COST = 100
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +54,7 @@ class _Step:
     contracted: tuple[str, ...]  # shared labels summed over
     new: tuple[str, ...]  # factor-only labels
     flops_per_example: int
+    moved_per_example: int  # activation elements transposed before the matmul
 
 
 def _prod(values) -> int:
@@ -118,13 +126,20 @@ class ContractionPlan:
         batch = tuple(label for label in shared if label in after)
         contracted = tuple(label for label in shared if label not in after)
         kept = tuple(label for label in state if label not in op.labels)
-        new = tuple(label for label in op.labels if label not in state)
+        # Output axes first, in output order; axes a later factor contracts go
+        # last, where the next step wants them (reordering a factor is free).
+        new = tuple(sorted(
+            (label for label in op.labels if label not in state),
+            key=lambda label: (0, self.output_labels.index(label)) if label in self.output_labels else (1, 0),
+        ))
         flops = 2 * _prod(self.sizes[label] for label in batch + kept + contracted + new)
-        return _Step(index, state, batch, kept, contracted, new, flops)
+        moved = _moved(state, batch + kept + contracted, self.sizes)
+        return _Step(index, state, batch, kept, contracted, new, flops, moved)
 
     def _best_order(self) -> tuple[_Step, ...]:
-        # Dynamic programming over subsets: the state after a subset of factors
-        # does not depend on the order they were applied in.
+        # Dynamic programming over subsets of factors: which axes are alive after
+        # a subset does not depend on the order it was applied in (their order,
+        # and so later transposes, does; each subset keeps its cheapest path).
         count = len(self.operands)
         best = {frozenset(): (0, ())}
         for size in range(count):
@@ -141,7 +156,10 @@ class ContractionPlan:
                         continue
                     step = self._step(done, index, state)
                     key = done | {index}
-                    total = cost + step.flops_per_example
+                    total = cost + step.flops_per_example + TRANSPOSE_COST * step.moved_per_example
+                    if len(key) == count:  # the final reorder into output order
+                        final = _moved(self._labels_after_step(step), (BATCH,) + self.output_labels, self.sizes)
+                        total += TRANSPOSE_COST * final
                     if key not in best or total < best[key][0]:
                         best[key] = (total, steps + (step,))
         return best[frozenset(range(count))][1]
@@ -160,7 +178,8 @@ class ContractionPlan:
         for step in self.steps:
             lines.append(
                 f"factor {step.operand}: batch={step.batch} contract={step.contracted} "
-                f"keep={step.kept} new={step.new} flops/example={step.flops_per_example}"
+                f"keep={step.kept} new={step.new} flops/example={step.flops_per_example} "
+                f"transposed/example={step.moved_per_example}"
             )
         return "\n".join(lines)
 
@@ -193,6 +212,27 @@ class ContractionPlan:
         return tf.reshape(state, (-1, _prod(self.sizes[label] for label in self.output_labels)))
 
 
+def _groups(labels, target):
+    """Runs of `target` labels that are consecutive and in order in `labels` too."""
+    labels, target = tuple(labels), tuple(target)
+    groups = []
+    for label in target:
+        if groups and labels.index(label) == labels.index(groups[-1][-1]) + 1:
+            groups[-1].append(label)
+        else:
+            groups.append([label])
+    return groups
+
+
+def _moved(labels, target, sizes) -> int:
+    """Elements per example a transpose from `labels` to `target` order moves (0 if none)."""
+    groups = _groups(labels, target)
+    order = [tuple(labels).index(group[0]) for group in groups]
+    if order == sorted(order):
+        return 0
+    return _prod(sizes[label] for label in labels if label != BATCH)
+
+
 def _permute(tensor, labels, target, sizes):
     """Transposes `tensor` (logical axes `labels`) to `target` order.
 
@@ -201,12 +241,7 @@ def _permute(tensor, labels, target, sizes):
     an identity permutation costs nothing.
     """
     labels, target = tuple(labels), tuple(target)
-    groups = []  # runs of labels that are consecutive in both orders
-    for label in target:
-        if groups and labels.index(label) == labels.index(groups[-1][-1]) + 1:
-            groups[-1].append(label)
-        else:
-            groups.append([label])
+    groups = _groups(labels, target)
     source_groups = sorted(groups, key=lambda group: labels.index(group[0]))
     perm = [source_groups.index(group) for group in groups]
     if perm == sorted(perm):

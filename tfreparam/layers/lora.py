@@ -51,16 +51,20 @@ class LoRADense(ReparameterizedDense):
     def scaling(self) -> float:
         return self.alpha / self.rank
 
-    # Keras propagates `trainable` to sublayers; the base must stay frozen.
+    # The base stays frozen whatever `trainable` flags Keras propagates to
+    # sublayers (`model.trainable = True` sets them all): its weights are
+    # simply never reported as trainable.
     @property
-    def trainable(self):
-        return self._trainable
+    def trainable_weights(self):
+        frozen = {id(w) for w in self.base_layer.weights}
+        return [w for w in super().trainable_weights if id(w) not in frozen]
 
-    @trainable.setter
-    def trainable(self, value):
-        keras.layers.Layer.trainable.fset(self, value)
-        if getattr(self, "base_layer", None) is not None:
-            self.base_layer.trainable = False
+    @property
+    def non_trainable_weights(self):
+        kept = {id(w) for w in self.trainable_weights}
+        own = [w for w in super().non_trainable_weights if id(w) not in kept]
+        frozen = [w for w in self.base_layer.weights if id(w) not in {id(v) for v in own}]
+        return own + frozen
 
     def _configure(self, in_features):
         if self.rank > in_features:
