@@ -28,6 +28,7 @@ import numpy as np
 from absl import app, flags
 
 from bench import common
+from bert.sentences import as_dataset, mean_pooled_embeddings, tokenize_batches
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("calibration_sentences", 256, "Sentences for Gram / Fisher statistics.")
@@ -39,26 +40,6 @@ flags.DEFINE_string("out_dir", "bench/results", "Where decompose.json / decompos
 
 PROJECTION_REGEX = r"layer_\d+/(attention/(query|key|value|output)|ffn/(intermediate|output))"
 METHODS = ("svd", "whitened", "fisher", "kronecker", "tt")
-
-
-def _inputs(preprocessor, sentences, batch_size=32):
-    import tensorflow as tf
-
-    batches = []
-    for start in range(0, len(sentences), batch_size):
-        batches.append(preprocessor(tf.constant(sentences[start:start + batch_size])))
-    return batches
-
-
-def mean_pooled(encoder, batches):
-    import tensorflow as tf
-
-    pooled = []
-    for x in batches:
-        hidden = encoder(x, training=False)["sequence_output"]
-        mask = tf.cast(x["input_mask"], hidden.dtype)[..., None]
-        pooled.append((tf.reduce_sum(hidden * mask, 1) / tf.reduce_sum(mask, 1)).numpy())
-    return np.concatenate(pooled)
 
 
 def cosine(a, b):
@@ -130,32 +111,23 @@ def per_projection(encoder, stats, budgets):
 def whole_encoder(encoder, calibration_batches, heldout_batches, budgets, objective, methods=METHODS):
     import tfreparam as tr
 
-    reference = mean_pooled(encoder, heldout_batches)
+    reference = mean_pooled_embeddings(encoder, heldout_batches)
     rows = []
     for budget in budgets:
         for method in methods:
             start = time.perf_counter()
             compressed = tr.reparameterize(
                 encoder, {PROJECTION_REGEX: _spec(method, budget)},
-                calibration_data=_dataset(calibration_batches), objective=objective,
+                calibration_data=as_dataset(calibration_batches), objective=objective,
             )
             seconds = time.perf_counter() - start
-            cos = cosine(mean_pooled(compressed, heldout_batches), reference)
+            cos = cosine(mean_pooled_embeddings(compressed, heldout_batches), reference)
             report = tr.report((encoder, compressed))
             rows.append(dict(method=method, budget=budget, params_after=report.params_after,
                              params_before=report.params_before, heldout_cosine=float(cos.mean()),
                              heldout_cosine_min=float(cos.min()), seconds=seconds))
             print(f"  {method:9s} budget {budget:.2f}: cosine {cos.mean():.4f} ({seconds:.1f}s)", flush=True)
     return rows
-
-
-def _dataset(batches):
-    import tensorflow as tf
-
-    return tf.data.Dataset.from_generator(
-        lambda: iter(batches),
-        output_signature={k: tf.TensorSpec((None, None), v.dtype) for k, v in batches[0].items()},
-    )
 
 
 def main(argv):
@@ -176,15 +148,15 @@ def main(argv):
     parts = corpus.split(corpus.stdlib_sentences(), {"calibration": 0.2, "train": 0.6, "heldout": 0.2})
     encoder = bert.load_pretrained("minilm")
     preprocessor = Preprocessor.from_pretrained("minilm", seq_length=FLAGS.seq_length)
-    calibration_batches = _inputs(preprocessor, parts["calibration"][:n_cal])
-    heldout_batches = _inputs(preprocessor, parts["heldout"][:n_held])
+    calibration_batches = tokenize_batches(preprocessor, parts["calibration"][:n_cal])
+    heldout_batches = tokenize_batches(preprocessor, parts["heldout"][:n_held])
 
     start = time.perf_counter()
     layers = [layer for layer in encoder.layers if re.fullmatch(PROJECTION_REGEX, layer.name)]
     objective = simcse_objective()
-    stats = calibration.input_grams(encoder, layers, _dataset(calibration_batches))
+    stats = calibration.input_grams(encoder, layers, as_dataset(calibration_batches))
     fisher = calibration.fisher_row_importance(
-        encoder, layers, {l.name: projection(l)[0] for l in layers}, _dataset(calibration_batches),
+        encoder, layers, {l.name: projection(l)[0] for l in layers}, as_dataset(calibration_batches),
         objective=objective,
     )
     for name, entry in fisher.items():

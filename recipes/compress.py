@@ -45,22 +45,6 @@ def stage(name):
     print(f"[compress] {name}: {time.perf_counter() - start:.1f}s", flush=True)
 
 
-def encode(preprocessor, sentences, batch_size=64):
-    import tensorflow as tf
-
-    return [preprocessor(tf.constant(sentences[i:i + batch_size])) for i in range(0, len(sentences), batch_size)]
-
-
-def sentence_embeddings(encoder, batches) -> np.ndarray:
-    """Mean-pooled sequence output over real tokens (the sentence-transformers pooling)."""
-    pooled = []
-    for x in batches:
-        hidden = encoder(x, training=False)["sequence_output"].numpy()
-        mask = x["input_mask"].numpy()[..., None]
-        pooled.append((hidden * mask).sum(1) / mask.sum(1))
-    return np.concatenate(pooled)
-
-
 def fidelity(reference: np.ndarray, compressed: np.ndarray) -> dict:
     """Mean embedding cosine and top-1 nearest-neighbour agreement (cosine similarity)."""
     def normalise(a):
@@ -76,20 +60,6 @@ def fidelity(reference: np.ndarray, compressed: np.ndarray) -> dict:
 
     return {"cosine": float(cosine.mean()), "cosine_min": float(cosine.min()),
             "nn_agreement": float(np.mean(nearest(ref) == nearest(comp)))}
-
-
-def _dataset(batches):
-    import tensorflow as tf
-
-    return tf.data.Dataset.from_generator(
-        lambda: iter(batches),
-        output_signature={k: tf.TensorSpec((None, None), v.dtype) for k, v in batches[0].items()},
-    )
-
-
-def _mean(rows, key):
-    values = [getattr(r, key) for r in rows if getattr(r, key) is not None]
-    return float(np.mean(values)) if values else None
 
 
 def write_report(report_dir, metrics, report_table):
@@ -127,6 +97,7 @@ def main(argv):
         raise app.UsageError("--calibration_sentences must be >= 1 and --heldout_sentences >= 2.")
     import bert
     import tfreparam as tr
+    from bert.sentences import as_dataset, mean_pooled_embeddings, tokenize_batches
     from recipes import corpus
     from tfreparam import calibration as calibration_lib
 
@@ -137,22 +108,22 @@ def main(argv):
         preprocessor = bert.Preprocessor.from_pretrained(FLAGS.model, seq_length=FLAGS.seq_length)
     with stage("prepare calibration / held-out text"):
         parts = corpus.split(corpus.stdlib_sentences(), {"calibration": 0.2, "train": 0.6, "heldout": 0.2})
-        calibration = encode(preprocessor, parts["calibration"][:FLAGS.calibration_sentences])
-        heldout = encode(preprocessor, parts["heldout"][:FLAGS.heldout_sentences])
-        reference = sentence_embeddings(encoder, heldout)
+        calibration = tokenize_batches(preprocessor, parts["calibration"][:FLAGS.calibration_sentences])
+        heldout = tokenize_batches(preprocessor, parts["heldout"][:FLAGS.heldout_sentences])
+        reference = mean_pooled_embeddings(encoder, heldout)
 
     methods, reports = {}, {}
     for method in ("svd", "whitened"):
         with stage(f"factorize projections at {FLAGS.budget:.0%} ({method} SVD)"):
             compressed = tr.reparameterize(
                 encoder, {PROJECTIONS: tr.LowRank(param_budget=FLAGS.budget, method=method)},
-                calibration_data=_dataset(calibration),
+                calibration_data=as_dataset(calibration),
             )
             report = tr.report((encoder, compressed))
             # Output error of both methods on the same calibration activations.
             rows = [r for r in report.rows if isinstance(compressed.get_layer(r.name), tr.ReparameterizedDense)]
             grams = calibration_lib.input_grams(encoder, [encoder.get_layer(r.name) for r in rows],
-                                               _dataset(calibration))
+                                               as_dataset(calibration))
             errors = []
             for row in rows:
                 kernel = encoder.get_layer(row.name).kernel.numpy().astype(np.float64)
@@ -160,7 +131,7 @@ def main(argv):
                 gram = grams[row.name].gram
                 errors.append(np.sqrt(np.sum(delta * (gram @ delta)) / np.sum(kernel * (gram @ kernel))))
         with stage(f"evaluate {method} on {len(parts['heldout'][:FLAGS.heldout_sentences])} held-out sentences"):
-            methods[method] = dict(fidelity(reference, sentence_embeddings(compressed, heldout)),
+            methods[method] = dict(fidelity(reference, mean_pooled_embeddings(compressed, heldout)),
                                    output_error=float(np.mean(errors)))
             reports[method] = (report, compressed, rows)
 

@@ -50,3 +50,14 @@ def test_mean_pooled_embeddings_cosine(encoder, reference):
     cosine = (pooled * expected).sum(1) / np.linalg.norm(pooled, axis=1) / np.linalg.norm(expected, axis=1)
     assert cosine.min() >= 0.99999
     assert len(cosine) >= 32
+
+
+def test_mean_pooled_embeddings_helper_matches_reference(encoder, reference):
+    from bert.sentences import mean_pooled_embeddings
+
+    batch = {"input_word_ids": reference["input_ids"], "input_mask": reference["attention_mask"],
+             "input_type_ids": reference["token_type_ids"]}
+    import tensorflow as tf
+
+    pooled = mean_pooled_embeddings(encoder, [{k: tf.constant(v) for k, v in batch.items()}])
+    np.testing.assert_allclose(pooled, reference["mean_pooled"], atol=2e-5)
