@@ -76,15 +76,11 @@ def _spec(method, budget):
     return tr.TensorTrain(param_budget=budget, num_cores=3)
 
 
-def _output_error(kernel, approx, gram):
-    delta = kernel - approx
-    return float(np.sqrt(max(np.sum(delta * (gram @ delta)), 0.0) / np.sum(kernel * (gram @ kernel))))
-
-
 def per_projection(encoder, stats, budgets):
     """Rows {projection, method, budget, weight_error, output_error}, averaged over layers."""
     import re
 
+    from tfreparam import decompose
     from tfreparam.surgery import projection
 
     rows = []
@@ -99,7 +95,7 @@ def per_projection(encoder, stats, budgets):
                 approx = factorization.reconstruct()
                 kind = layer.name.split("/", 1)[1]
                 by_kind.setdefault(kind, []).append(
-                    (factorization.relative_error, _output_error(kernel, approx, stats[layer.name].gram))
+                    (factorization.relative_error, decompose.output_error(kernel, approx, stats[layer.name].gram))
                 )
             for kind, values in by_kind.items():
                 weight, output = np.mean(values, axis=0)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import time
 
 import numpy as np
@@ -112,24 +113,27 @@ def main(argv):
         heldout = tokenize_batches(preprocessor, parts["heldout"][:FLAGS.heldout_sentences])
         reference = mean_pooled_embeddings(encoder, heldout)
 
+    targets = [layer for layer in encoder.layers if re.fullmatch(PROJECTIONS, layer.name)]
+    with stage("collect input statistics on the calibration sentences"):
+        # Once, for the whitened SVD and for the output errors of both methods.
+        grams = calibration_lib.input_grams(encoder, targets, as_dataset(calibration))
     methods, reports = {}, {}
     for method in ("svd", "whitened"):
         with stage(f"factorize projections at {FLAGS.budget:.0%} ({method} SVD)"):
             compressed = tr.reparameterize(
                 encoder, {PROJECTIONS: tr.LowRank(param_budget=FLAGS.budget, method=method)},
-                calibration_data=as_dataset(calibration),
+                statistics=grams,
             )
             report = tr.report((encoder, compressed))
             # Output error of both methods on the same calibration activations.
-            rows = [r for r in report.rows if isinstance(compressed.get_layer(r.name), tr.ReparameterizedDense)]
-            grams = calibration_lib.input_grams(encoder, [encoder.get_layer(r.name) for r in rows],
-                                               as_dataset(calibration))
-            errors = []
-            for row in rows:
-                kernel = encoder.get_layer(row.name).kernel.numpy().astype(np.float64)
-                delta = kernel - compressed.get_layer(row.name).dense_kernel().numpy()
-                gram = grams[row.name].gram
-                errors.append(np.sqrt(np.sum(delta * (gram @ delta)) / np.sum(kernel * (gram @ kernel))))
+            rows = [r for r in report.rows if r.name in grams]
+            errors = [
+                tr.decompose.output_error(
+                    encoder.get_layer(r.name).kernel.numpy().astype(np.float64),
+                    compressed.get_layer(r.name).dense_kernel().numpy(), grams[r.name].gram,
+                )
+                for r in rows
+            ]
         with stage(f"evaluate {method} on {len(parts['heldout'][:FLAGS.heldout_sentences])} held-out sentences"):
             methods[method] = dict(fidelity(reference, mean_pooled_embeddings(compressed, heldout)),
                                    output_error=float(np.mean(errors)))

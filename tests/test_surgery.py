@@ -166,3 +166,14 @@ def test_subclassed_model_is_refused():
     model(X)
     with pytest.raises(ValueError, match="needs a Functional or Sequential model; Sub is a subclassed"):
         tr.reparameterize(model, tr.LowRank(rank=2))
+
+
+def test_precollected_statistics_replace_the_data_pass():
+    from tfreparam import calibration
+
+    x = np.random.default_rng(5).normal(size=(128, 24)).astype("float32")
+    model = _functional()
+    stats = calibration.input_grams(model, [model.get_layer("d1")], x)
+    from_data = tr.reparameterize(model, {"d1": tr.LowRank(rank=3, method="whitened")}, calibration_data=x)
+    from_stats = tr.reparameterize(model, {"d1": tr.LowRank(rank=3, method="whitened")}, statistics=stats)
+    np.testing.assert_allclose(from_stats(X).numpy(), from_data(X).numpy(), atol=1e-6)

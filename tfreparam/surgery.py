@@ -117,7 +117,7 @@ def _select(model, policy) -> dict[str, Spec]:
 
 
 def reparameterize(model: keras.Model, policy: Policy, calibration_data=None, loss_fn=None,
-                   objective=None) -> keras.Model:
+                   objective=None, statistics=None) -> keras.Model:
     """A copy of `model` whose selected projections are reparameterized.
 
     Args:
@@ -129,13 +129,16 @@ def reparameterize(model: keras.Model, policy: Policy, calibration_data=None, lo
       loss_fn: loss for Fisher statistics (default: the compiled loss).
       objective: callable(model, x) -> loss, for Fisher statistics on
         unlabelled data (instead of loss_fn).
+      statistics: per-layer `calibration.LayerStats` already collected (e.g.
+        by `calibration.input_grams`), used instead of a pass over the data.
 
     Layers the policy does not select are copied with their weights.
     """
     _check_model(model)
     plan = _select(model, policy)
     by_name = {layer.name: layer for layer in model.layers}
-    stats = _statistics(model, plan, by_name, calibration_data, loss_fn, objective)
+    stats = statistics if statistics is not None else _statistics(
+        model, plan, by_name, calibration_data, loss_fn, objective)
 
     factorizations = {}
     for name, spec in plan.items():

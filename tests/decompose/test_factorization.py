@@ -85,3 +85,15 @@ def test_public_api_is_exported():
     }
     assert expected <= set(decompose.__all__)
     assert all(callable(getattr(decompose, name)) for name in expected)
+
+
+def test_output_error_from_gram_equals_error_on_the_data():
+    import numpy as np
+
+    from tfreparam.decompose import output_error
+
+    rng = np.random.default_rng(7)
+    x, kernel = rng.normal(size=(50, 6)), rng.normal(size=(6, 4))
+    approx = kernel + 0.1 * rng.normal(size=kernel.shape)
+    direct = np.linalg.norm(x @ (kernel - approx)) / np.linalg.norm(x @ kernel)
+    assert abs(output_error(kernel, approx, x.T @ x) - direct) < 1e-12

@@ -16,7 +16,7 @@ from tfreparam.decompose.budget import (
     tucker_rank_for_budget,
 )
 from tfreparam.decompose.cp import cp_als
-from tfreparam.decompose.factorization import Factorization
+from tfreparam.decompose.factorization import Factorization, output_error
 from tfreparam.decompose.kronecker import nearest_kronecker
 from tfreparam.decompose.svd import fisher_svd, svd, whitened_svd
 from tfreparam.decompose.tensor_train import tt_svd
@@ -31,6 +31,7 @@ __all__ = [
     "kronecker_terms_for_budget",
     "low_rank_rank_for_budget",
     "nearest_kronecker",
+    "output_error",
     "param_count",
     "svd",
     "tt_max_ranks",

@@ -54,12 +54,7 @@ class Factorization:
         approx = reconstruct(layer, stored, shape)
         delta = kernel - approx
         rel = _ratio(np.linalg.norm(delta), np.linalg.norm(kernel))
-        out = None
-        if gram is not None:
-            # ||X Δ||_F^2 = tr(Δᵀ G Δ) for G = XᵀX; clip tiny negatives from rounding.
-            num = max(float(np.sum(delta * (gram @ delta))), 0.0)
-            den = max(float(np.sum(kernel * (gram @ kernel))), 0.0)
-            out = _ratio(math.sqrt(num), math.sqrt(den))
+        out = None if gram is None else output_error(kernel, approx, gram)
         return cls(method, layer, stored, dict(layer_kwargs), shape, rel, out, dict(info))
 
     def reconstruct(self) -> np.ndarray:
@@ -75,6 +70,15 @@ class Factorization:
     def compression_ratio(self) -> float:
         """Dense parameter count in*out divided by `num_params`."""
         return self.shape[0] * self.shape[1] / self.num_params
+
+
+def output_error(kernel: np.ndarray, approx: np.ndarray, gram: np.ndarray) -> float:
+    """||X(W − Ŵ)||_F / ||XW||_F from the Gram matrix G = XᵀX alone, without X."""
+    delta = np.asarray(kernel, np.float64) - np.asarray(approx, np.float64)
+    # ||X Δ||_F^2 = tr(Δᵀ G Δ); clip tiny negatives from rounding.
+    num = max(float(np.sum(delta * (gram @ delta))), 0.0)
+    den = max(float(np.sum(kernel * (gram @ kernel))), 0.0)
+    return _ratio(math.sqrt(num), math.sqrt(den))
 
 
 def _ratio(num: float, den: float) -> float:

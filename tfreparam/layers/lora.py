@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import tensorflow as tf
 import tf_keras as keras
 
@@ -161,9 +163,7 @@ class LoRADense(ReparameterizedDense):
             if isinstance(self.base_layer, ReparameterizedDense)
             else self.dense_flops(batch_shape)
         )
-        rows = 1
-        for size in batch_shape:
-            rows *= size
+        rows = math.prod(tuple(batch_shape))
         return base + rows * (self._plan.flops_per_example + self.units)  # + scale-and-add
 
     def merge(self) -> keras.layers.Dense:

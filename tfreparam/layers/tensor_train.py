@@ -7,6 +7,7 @@ import math
 import tensorflow as tf
 import tf_keras as keras
 
+from tfreparam.decompose.budget import tt_max_ranks
 from tfreparam.layers import validation
 from tfreparam.layers.contraction import Operand
 from tfreparam.layers.tensorized import TensorizedDense
@@ -32,17 +33,12 @@ class TTDense(TensorizedDense):
             raise ValueError(
                 f"TTDense needs at least 2 cores, got input_factors={self.input_factors}."
             )
-        self.ranks = validation.rank_tuple(ranks, "ranks", self.num_cores - 1, self._max_ranks())
+        caps = tt_max_ranks(self.input_factors, self.output_factors)
+        self.ranks = validation.rank_tuple(ranks, "ranks", self.num_cores - 1, caps)
 
     @property
     def num_cores(self) -> int:
         return len(self.input_factors)
-
-    def _max_ranks(self):
-        pairs = [i * o for i, o in zip(self.input_factors, self.output_factors)]
-        return tuple(
-            min(math.prod(pairs[: k + 1]), math.prod(pairs[k + 1 :])) for k in range(len(pairs) - 1)
-        )
 
     @property
     def bond_ranks(self) -> tuple[int, ...]:

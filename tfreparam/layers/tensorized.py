@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import string
 
+import tensorflow as tf
+
 from tfreparam.layers import validation
 from tfreparam.layers.base import ReparameterizedDense
 
@@ -56,8 +58,6 @@ class TensorizedDense(ReparameterizedDense):
         return self.input_labels + self.output_labels
 
     def _tensor_to_kernel(self, tensor):
-        import tensorflow as tf  # local: keeps this module's import light
-
         return tf.reshape(tensor, (self.in_features, self.units))
 
     def get_config(self):
