@@ -32,9 +32,15 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m recipes.compress
 
+# The peers (KerasHub, Model Garden, PyTorch) get their own venvs under
+# bench/peers/.venvs; one that cannot be built is skipped, not fatal.
 bench: $(STAMP)
 	$(BIN)/python -m bench.layers
 	$(BIN)/python -m bench.decompose
+	-bash bench/peers/setup.sh
+	$(BIN)/python -m bench.gemm
+	$(BIN)/python -m bench.bert_peers
+	$(BIN)/python -m bench.export
 
 clean:
 	rm -rf $(VENV) reports .pytest_cache

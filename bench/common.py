@@ -133,6 +133,7 @@ def quiet_timing(
     max_attempts: int = 4,
     min_probe_s: float = 0.25,
     log=print,
+    idle_timeout_s: float = 300.0,
 ) -> Timing:
     """`time_calls` on an idle machine, redone while other processes disturb it.
 
@@ -140,11 +141,12 @@ def quiet_timing(
     much CPU other processes took during the repeats and retries if more than
     `max_foreign_load`. The kernel counts CPU time in ticks (usually 10 ms), so
     a load probe shorter than `min_probe_s` is extended by idling until it is
-    that long. After `max_attempts` keeps the least disturbed attempt.
+    that long. After `max_attempts` keeps the least disturbed attempt. Each
+    wait for an idle machine gives up after `idle_timeout_s`.
     """
     best = None
     for attempt in range(1, max_attempts + 1):
-        wait_until_idle(max_foreign_load, log=log)
+        wait_until_idle(max_foreign_load, timeout_s=idle_timeout_s, log=log)
         for _ in range(warmup):
             fn()
         probe = LoadProbe().start()
@@ -159,6 +161,13 @@ def quiet_timing(
         log(f"  disturbed ({load:.0%} of the CPU used by others); measuring again")
     best.attempts = max_attempts
     return best
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size so far, in MiB (Linux reports KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 # -- machine description ----------------------------------------------------

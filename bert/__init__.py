@@ -7,7 +7,11 @@ from bert.data import pretraining_dataset, split_sentences
 from bert.heads import BertPretrainer, build_classifier, build_pretrainer, build_pretraining_network
 from bert.hf_weights import HFCheckpoint, minilm_path, read_hf_checkpoint
 from bert.peft import trainable_only
+from tfreparam.quantization import plugins as _quantization_plugins
 from bert.preprocessing import LongestFirstTrimmer, Preprocessor, load_vocab
+
+# bert.quantization imports TFMOT; it registers the BERT QuantizeConfigs when quantization is first used.
+_quantization_plugins.register_config_module("bert.quantization")
 
 __all__ = [
     "BLOCK_PROJECTIONS",

@@ -21,7 +21,8 @@ class BertConfig:
     with) or "gelu_tanh" (the tanh approximation). `embedding_size` smaller than
     `hidden_size` factorises the embeddings (ALBERT); `share_layers` reuses one
     block's weights at every depth (ALBERT); `adapter_size` inserts Houlsby
-    bottleneck adapters.
+    bottleneck adapters. `unit_scaled` builds a unit-scaled BERT (see
+    `bert.unit_scaled`; `initializer_range` is then unused).
     """
 
     vocab_size: int = 30522
@@ -39,6 +40,8 @@ class BertConfig:
     embedding_size: Optional[int] = None
     share_layers: bool = False
     adapter_size: Optional[int] = None
+    # Unit Scaling (Blake et al. 2023; bert/unit_scaled.py): unit-variance weights and scaled ops.
+    unit_scaled: bool = False
 
     def __post_init__(self):
         for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",

@@ -43,7 +43,11 @@ class _Builder:
             return self._shared[shared_name]
         spec = spec_for(self.policy, shared_name)
         kwargs = dict(activation=activation, name=shared_name)
-        if spec is None:
+        if self.config.unit_scaled:
+            from bert import unit_scaled  # unit_scaled imports heads, which imports this module
+
+            layer = unit_scaled.projection(spec, in_features, units, **kwargs)
+        elif spec is None:
             layer = keras.layers.Dense(
                 units, kernel_initializer=bert_layers.truncated_normal(self.config.initializer_range), **kwargs
             )
@@ -93,14 +97,18 @@ def build_encoder(
     mask = keras.Input((None,), dtype="int32", name="input_mask")
     type_ids = keras.Input((None,), dtype="int32", name="input_type_ids")
 
-    word = bert_layers.WordEmbedding(c.vocab_size, c.embedding_width, c.initializer_range, name="embeddings/word")
+    # Unit scaling: unit-variance embedding tables (and its own layers below).
+    us = _unit_scaled_module(c)
+    init_range = 1.0 if us else c.initializer_range
+    word_class = us.UnitScaledWordEmbedding if us else bert_layers.WordEmbedding
+    word = word_class(c.vocab_size, c.embedding_width, init_range, name="embeddings/word")
     x = word(word_ids)
     types = keras.layers.Embedding(
         c.type_vocab_size, c.embedding_width,
-        embeddings_initializer=bert_layers.truncated_normal(c.initializer_range), name="embeddings/type",
+        embeddings_initializer=bert_layers.truncated_normal(init_range), name="embeddings/type",
     )(type_ids)
     positions = bert_layers.PositionEmbedding(
-        c.max_position_embeddings, c.initializer_range, name="embeddings/position"
+        c.max_position_embeddings, init_range, name="embeddings/position"
     )(x)
     x = keras.layers.Add(name="embeddings/add")([x, types, positions])
     x = keras.layers.LayerNormalization(epsilon=c.layer_norm_eps, name="embeddings/layer_norm")(x)
@@ -117,7 +125,7 @@ def build_encoder(
         v = b.projection(f"{p}/attention/value", c.hidden_size, c.hidden_size)(x)
         attention = b.layer(
             f"{p}/attention/math",
-            lambda n: bert_layers.AttentionMath(
+            lambda n: (us.UnitScaledAttentionMath if us else bert_layers.AttentionMath)(
                 c.num_heads, c.attention_dropout, return_probs=output_attentions, name=n
             ),
         )
@@ -128,14 +136,15 @@ def build_encoder(
         y = b.projection(f"{p}/attention/output", c.hidden_size, c.hidden_size)(context)
         y = b.dropout(f"{p}/attention/dropout", c.hidden_dropout)(y)
         y = _adapter(b, f"{p}/attention/adapter", y)
-        x = b.layer_norm(f"{p}/attention/layer_norm")(b.layer(f"{p}/attention/residual", _add)([x, y]))
+        residual = us.residual_add if us else _add
+        x = b.layer_norm(f"{p}/attention/layer_norm")(b.layer(f"{p}/attention/residual", residual)([x, y]))
 
         h = b.projection(f"{p}/ffn/intermediate", c.hidden_size, c.intermediate_size)(x)
         h = b.layer(f"{p}/ffn/activation", lambda n: keras.layers.Activation(act, name=n))(h)
         y = b.projection(f"{p}/ffn/output", c.intermediate_size, c.hidden_size)(h)
         y = b.dropout(f"{p}/ffn/dropout", c.hidden_dropout)(y)
         y = _adapter(b, f"{p}/ffn/adapter", y)
-        x = b.layer_norm(f"{p}/ffn/layer_norm")(b.layer(f"{p}/ffn/residual", _add)([x, y]))
+        x = b.layer_norm(f"{p}/ffn/layer_norm")(b.layer(f"{p}/ffn/residual", residual)([x, y]))
         hidden_states.append(x)
 
     first = bert_layers.FirstToken(name="pooler/first_token")(x)
@@ -150,6 +159,15 @@ def build_encoder(
 
 def _add(name):
     return keras.layers.Add(name=name)
+
+
+def _unit_scaled_module(config):
+    """`bert.unit_scaled` if the config asks for unit scaling, else None."""
+    if not config.unit_scaled:
+        return None
+    from bert import unit_scaled
+
+    return unit_scaled
 
 
 def _adapter(b: _Builder, name, x):

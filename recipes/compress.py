@@ -1,23 +1,32 @@
-r"""Compress a pretrained BERT's encoder projections (the main job, `make demo`).
+r"""Compress a pretrained BERT end to end: the main job (`make demo`).
 
-Stages that exist today:
-  1. load the checkpoint (default: the bundled all-MiniLM-L6-v2) as a flat Keras BERT,
-  2. split the built-in corpus (stdlib docstrings) into calibration / held-out sentences,
-  3. factorize every encoder projection (q, k, v, attention output, FFN in/out)
-     at `--budget` of its parameters, with plain truncated SVD and with
-     activation-aware (whitened) SVD calibrated on real-token activations,
-  4. measure fidelity on held-out sentences: cosine between compressed and
-     original mean-pooled sentence embeddings, and top-1 nearest-neighbour
-     agreement,
-  5. write `report.md` and `metrics.json` to `--report_dir`.
-Distillation, pruning, QAT and export join as they land.
+Stages (one timing line each; finished stages are skipped when the same
+command is run again, see `recipes.pipeline`):
+
+  load        the checkpoint (default: the bundled all-MiniLM-L6-v2) as a flat Keras BERT
+  text        calibration / distillation / held-out sentences that never overlap
+              (default: the stdlib-docstring corpus; or --train_files / --eval_files)
+  calibrate   input Gram matrices of every encoder projection (padding excluded)
+  factorize   each method in --methods at --budget of the projection parameters:
+                svd       plain truncated SVD, uniform ranks
+                whitened  activation-aware SVD, uniform ranks
+                best      whitened SVD + ranks allocated by measured sensitivity
+                          under the same total budget + sequential refitting
+                          (each layer calibrated on the already-compressed
+                          model's inputs, targeted at the original outputs)
+              (--policy=kronecker / tt replace the low-rank family)
+  distill     --distill_steps of embedding + hidden-state + attention
+              distillation from the original (`tfreparam.distill.Distiller`)
+              for each method in --distill_methods
+  prune / qat / export   with --sparsity / --m_by_n, --qat, --export
+  report      report.md, metrics.json and PNG plots in --report_dir
 
     python -m recipes.compress --budget=0.5 --report_dir=reports/demo
 """
 
 from __future__ import annotations
 
-import contextlib
+import importlib.util
 import json
 import os
 import re
@@ -26,140 +35,423 @@ import time
 import numpy as np
 from absl import app, flags
 
+from recipes import pipeline as pipeline_lib
+
 FLAGS = flags.FLAGS
-flags.DEFINE_string("model", "minilm", "Hugging Face BERT directory (config.json + model.safetensors) or 'minilm'.")
-flags.DEFINE_float("budget", 0.5, "Share of each encoder projection's parameters to keep, in (0, 1].")
-flags.DEFINE_integer("calibration_sentences", 256, "Sentences for the whitening statistics.")
-flags.DEFINE_integer("heldout_sentences", 256, "Held-out sentences for the fidelity metrics.")
-flags.DEFINE_integer("seq_length", 64, "Tokens per sentence.")
-flags.DEFINE_string("report_dir", "reports/demo", "Where report.md and metrics.json go.")
+flags.DEFINE_string("model", "minilm", "Hugging Face BERT directory (config.json + model.safetensors + vocab.txt) or 'minilm'.")
+flags.DEFINE_enum("policy", "lowrank", ["lowrank", "kronecker", "tt"], "Reparameterization family of the encoder projections.")
+flags.DEFINE_float("budget", 0.5, "Share of the encoder-projection kernel parameters to keep, in (0, 1].")
+flags.DEFINE_string("ranks", None, "Low-rank only: a fixed rank for every projection (int), instead of --budget.")
+flags.DEFINE_list("methods", ["svd", "whitened", "best"], "Low-rank factorizations to compare: svd, whitened, best.")
+flags.DEFINE_list("distill_methods", ["best"], "Methods to distil after factorizing (a subset of --methods; empty: none).")
+flags.DEFINE_string("train_files", None, "Comma-separated text files for calibration and distillation (default: built-in corpus).")
+flags.DEFINE_string("eval_files", None, "Comma-separated text files of held-out sentences (default: a held-out part of the training text).")
+flags.DEFINE_integer("calibration_sentences", 384, "Sentences for the calibration statistics.")
+flags.DEFINE_integer("heldout_sentences", 384, "Held-out sentences for the fidelity metrics.")
+flags.DEFINE_integer("sensitivity_sentences", 64, "Sentences on which per-layer sensitivity is measured (method best).")
+flags.DEFINE_integer("seq_length", 64, "Maximum tokens per sentence.")
+flags.DEFINE_integer("distill_steps", 600, "Distillation steps per distilled method (0: skip distillation).")
+flags.DEFINE_integer("batch_size", 32, "Distillation batch size.")
+flags.DEFINE_float("learning_rate", 1e-4, "Peak distillation learning rate (linear warm-up then decay).")
+flags.DEFINE_float("hidden_weight", 1.0, "Weight of the hidden-state MSE.")
+flags.DEFINE_float("attention_weight", 1.0, "Weight of the attention-probability MSE.")
+flags.DEFINE_float("embedding_weight", 10.0, "Weight of the sentence-embedding cosine distance.")
+flags.DEFINE_float("sparsity", None, "Prune the compressed model to this sparsity (tfreparam.sparsity).")
+flags.DEFINE_string("m_by_n", None, "Structured M:N sparsity, e.g. '2:4' (tfreparam.sparsity).")
+flags.DEFINE_bool("qat", False, "Quantization-aware training of the compressed model (tfreparam.quantization).")
+flags.DEFINE_list("export", [], "Artifacts to write: saved_model, tflite_int8, onnx (tfreparam.export).")
+flags.DEFINE_string("report_dir", "reports/demo", "Where report.md, metrics.json, plots and stage outputs go.")
+flags.DEFINE_integer("seed", 0, "Seed of the distillation data order and initialisation.")
 
 PROJECTIONS = r"layer_\d+/(attention/(query|key|value|output)|ffn/(intermediate|output))"
+METHODS = ("svd", "whitened", "best")
+EXPORT_FORMATS = ("saved_model", "tflite_int8", "onnx")
+_LOG_PREFIX = "compress"
 
 
-@contextlib.contextmanager
-def stage(name):
-    """One line per stage with its duration."""
+def log(line: str) -> None:
+    print(line, flush=True)
+
+
+# -- flag checks: everything that can be wrong is reported before any long work ---------
+
+
+def check_flags(f) -> dict:
+    """Validated settings from the flag values; raises app.UsageError naming the problem."""
+    if not 0.0 < f.budget <= 1.0:
+        raise app.UsageError(f"--budget must be in (0, 1], got {f.budget}.")
+    methods = [m.strip() for m in f.methods if m.strip()]
+    unknown = sorted(set(methods) - set(METHODS))
+    if f.policy == "lowrank" and (unknown or not methods):
+        raise app.UsageError(f"--methods must be a non-empty subset of {list(METHODS)}; got {f.methods}.")
+    if f.policy != "lowrank":
+        methods = [f.policy]
+    distilled = [m.strip() for m in f.distill_methods if m.strip()]
+    if f.policy != "lowrank":
+        distilled = [f.policy] if distilled else []
+    missing = sorted(set(distilled) - set(methods))
+    if missing:
+        raise app.UsageError(f"--distill_methods {missing} are not among --methods {methods}.")
+    rank = None
+    if f.ranks is not None:
+        if f.policy != "lowrank":
+            raise app.UsageError("--ranks applies to --policy=lowrank; use --budget for kronecker / tt.")
+        try:
+            rank = int(f.ranks)
+        except ValueError:
+            raise app.UsageError(f"--ranks must be one integer rank for every projection, got {f.ranks!r}.") from None
+        if rank < 1:
+            raise app.UsageError(f"--ranks must be >= 1, got {rank}.")
+    for name in ("calibration_sentences", "sensitivity_sentences", "seq_length", "batch_size"):
+        if getattr(f, name) < 1:
+            raise app.UsageError(f"--{name} must be >= 1, got {getattr(f, name)}.")
+    if f.heldout_sentences < 2:
+        raise app.UsageError(f"--heldout_sentences must be >= 2 (nearest neighbours need two), got {f.heldout_sentences}.")
+    if f.distill_steps < 0:
+        raise app.UsageError(f"--distill_steps must be >= 0, got {f.distill_steps}.")
+    if f.learning_rate <= 0:
+        raise app.UsageError(f"--learning_rate must be > 0, got {f.learning_rate}.")
+    for name in ("hidden_weight", "attention_weight", "embedding_weight"):
+        if getattr(f, name) < 0:
+            raise app.UsageError(f"--{name} must be >= 0, got {getattr(f, name)}.")
+    if f.sparsity is not None and not 0.0 < f.sparsity < 1.0:
+        raise app.UsageError(f"--sparsity must be in (0, 1), got {f.sparsity}.")
+    m_by_n = None
+    if f.m_by_n:
+        match = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", f.m_by_n)
+        if not match or not 0 < int(match.group(1)) < int(match.group(2)):
+            raise app.UsageError(f"--m_by_n must look like '2:4' (M < N), got {f.m_by_n!r}.")
+        m_by_n = (int(match.group(1)), int(match.group(2)))
+    exports = [e.strip() for e in f.export if e.strip()]
+    bad = sorted(set(exports) - set(EXPORT_FORMATS))
+    if bad:
+        raise app.UsageError(f"--export takes {list(EXPORT_FORMATS)}; got unknown {bad}.")
+    _require_modules(f.sparsity is not None or m_by_n is not None, f.qat, exports)
+    try:
+        from recipes import text_data
+
+        for flag, value in (("--train_files", f.train_files), ("--eval_files", f.eval_files)):
+            if value is not None:
+                text_data.check_files(value, flag)
+        _check_model_dir(f.model)
+    except ValueError as error:
+        raise app.UsageError(str(error)) from None
+    return dict(model=f.model, policy=f.policy, budget=f.budget, rank=rank, methods=methods, distilled=distilled,
+                train_files=f.train_files, eval_files=f.eval_files, calibration_sentences=f.calibration_sentences,
+                heldout_sentences=f.heldout_sentences, sensitivity_sentences=f.sensitivity_sentences,
+                seq_length=f.seq_length, distill_steps=f.distill_steps, batch_size=f.batch_size,
+                learning_rate=f.learning_rate, hidden_weight=f.hidden_weight, attention_weight=f.attention_weight,
+                embedding_weight=f.embedding_weight, sparsity=f.sparsity, m_by_n=m_by_n, qat=f.qat,
+                export=exports, report_dir=f.report_dir, seed=f.seed)
+
+
+def _require_modules(prune: bool, qat: bool, exports) -> None:
+    needed = [("--sparsity / --m_by_n", "tfreparam.sparsity", prune), ("--qat", "tfreparam.quantization", qat),
+              ("--export", "tfreparam.export", bool(exports))]
+    for flag, module, wanted in needed:
+        if wanted and importlib.util.find_spec(module) is None:
+            raise app.UsageError(
+                f"{flag} needs {module}, which this checkout does not have yet; run without {flag.split(' ')[0]}."
+            )
+
+
+def _check_model_dir(model: str) -> None:
+    """A BERT checkpoint directory: config.json of a BERT model, safetensors weights and a vocabulary."""
+    if model == "minilm":
+        return
+    if not os.path.isdir(model):
+        raise ValueError(f"Checkpoint directory {model!r} does not exist.")
+    config = os.path.join(model, "config.json")
+    if not os.path.isfile(config):
+        raise ValueError(f"{model!r} is not a Hugging Face BERT directory: it has no config.json.")
+    try:
+        with open(config) as fh:
+            values = json.load(fh)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{config} is not valid JSON: {error}") from None
+    model_type = values.get("model_type", "bert")
+    if model_type != "bert" or "hidden_size" not in values or "num_hidden_layers" not in values:
+        raise ValueError(
+            f"{model!r} is not a BERT checkpoint (config.json says model_type={model_type!r}); compress needs a "
+            "BERT encoder (model_type 'bert')."
+        )
+    for name in ("model.safetensors", "vocab.txt"):
+        if not os.path.isfile(os.path.join(model, name)):
+            raise ValueError(f"Checkpoint directory {model!r} has no {name}.")
+
+
+# -- the stages ------------------------------------------------------------------------
+
+
+def projection_names(encoder) -> list[str]:
+    return [layer.name for layer in encoder.layers if re.fullmatch(PROJECTIONS, layer.name)]
+
+
+def encoder_view(model):
+    """The model with only the serving outputs (`sequence_output`, `pooled_output`)."""
+    import tf_keras as keras
+
+    outputs = {k: model.output[k] for k in ("sequence_output", "pooled_output")}
+    return keras.Model(model.inputs, outputs, name=model.name)
+
+
+def policy_for(settings, method: str, names, ranks=None):
+    import tfreparam as tr
+
+    if settings["policy"] == "kronecker":
+        return {PROJECTIONS: tr.Kronecker(param_budget=settings["budget"])}
+    if settings["policy"] == "tt":
+        return {PROJECTIONS: tr.TensorTrain(param_budget=settings["budget"], num_cores=2)}
+    lowrank_method = "svd" if method == "svd" else "whitened"
+    if ranks is not None:
+        return {re.escape(n): tr.LowRank(rank=int(ranks[n]), method=lowrank_method) for n in names}
+    if settings["rank"] is not None:
+        return {PROJECTIONS: tr.LowRank(rank=settings["rank"], method=lowrank_method)}
+    return {PROJECTIONS: tr.LowRank(param_budget=settings["budget"], method=lowrank_method)}
+
+
+def save_model(model, path: str) -> None:
+    model.save_weights(path)
+
+
+def rebuild(encoder, settings, method, names, ranks, path):
+    """The compressed model of a finished stage: same structure (ranks), stored weights."""
+    import tfreparam as tr
+
+    model = tr.reparameterize(encoder, policy_for(settings, "svd" if settings["policy"] == "lowrank" else method,
+                                                  names, ranks))
+    model.load_weights(path)
+    return model
+
+
+def layer_ranks(model, names) -> dict:
+    return {n: int(getattr(model.get_layer(n), "rank", 0) or 0) for n in names}
+
+
+def factorize(settings, ctx, method):
+    """Compress with `method`; returns (model, result dict)."""
+    import tfreparam as tr
+    from tfreparam import allocation, decompose, fidelity
+
+    encoder, names, grams = ctx["encoder"], ctx["names"], ctx["grams"]
+    result = {"method": method}
+    ranks = None
+    if method == "best":
+        sensitivity_batches = ctx["sensitivity"]
+        ranks, sensitivity = allocation.allocate_for_model(
+            encoder, names, grams, settings["budget"], sensitivity_batches, probe_fraction=settings["budget"])
+        result["sensitivity"] = sensitivity
+    policy = policy_for(settings, method, names, ranks)
+    if method == "best":
+        model = tr.reparameterize(encoder, policy, calibration_data=ctx["calibration_ds"], sequential=True)
+    else:
+        model = tr.reparameterize(encoder, policy, statistics=grams)
+    report = tr.report((encoder, model))
+    rows = [r for r in report.rows if r.name in grams]
+    errors = {r.name: decompose.output_error(
+        encoder.get_layer(r.name).kernel.numpy().astype(np.float64),
+        model.get_layer(r.name).dense_kernel().numpy(), grams[r.name].gram) for r in rows}
+    result.update(fidelity.embedding_fidelity(ctx["reference"], fidelity.mean_pooled(model, ctx["heldout"])))
+    result.update(
+        output_error=float(np.mean(list(errors.values()))),
+        layer_output_errors=errors,
+        params_before=sum(r.params_before for r in rows),
+        params_after=sum(r.params_after for r in rows),
+        total_params_before=int(encoder.count_params()),
+        total_params_after=int(model.count_params()),
+        ranks=layer_ranks(model, names) if settings["policy"] == "lowrank" else None,
+        layers=report.to_dict()["layers"],
+        table=report.to_markdown(),
+    )
+    return model, result
+
+
+def distil(settings, ctx, student, method):
+    """Distil `student` from the original encoder; returns the result dict (fidelity after)."""
+    import tf_keras as keras
+
+    from recipes import optim, text_data
+    from tfreparam import distill, fidelity
+
+    keras.utils.set_random_seed(settings["seed"])
+    steps = settings["distill_steps"]
+    data = text_data.training_dataset(ctx["preprocessor"], ctx["parts"]["train"], settings["batch_size"],
+                                      seed=settings["seed"])
+    distiller = distill.Distiller(
+        student, ctx["teacher"], hidden_weight=settings["hidden_weight"],
+        attention_weight=settings["attention_weight"], embedding_weight=settings["embedding_weight"])
+    schedule = optim.WarmupLinearDecay(settings["learning_rate"], steps, warmup_steps=max(1, steps // 10))
+    distiller.compile(optimizer=keras.optimizers.Adam(schedule))
+    epochs = min(steps, 6)  # a progress line every ~1/6 of the run
+    per_epoch = [steps // epochs + (1 if i < steps % epochs else 0) for i in range(epochs)]
+    history = {}
+    for epoch, count in enumerate(per_epoch):
+        h = distiller.fit(data, initial_epoch=epoch, epochs=epoch + 1, steps_per_epoch=count, verbose=2)
+        for k, v in h.history.items():
+            history.setdefault(k, []).extend(float(x) for x in v)
+    result = {"method": method, "steps": steps, "history": history}
+    result.update(fidelity.embedding_fidelity(ctx["reference"], fidelity.mean_pooled(student, ctx["heldout"])))
+    return result
+
+
+def run(settings: dict) -> dict:
+    """The whole job; returns the metrics written to metrics.json."""
+    import tf_keras as keras
+
+    import bert
+    from bert.sentences import as_dataset
+    from recipes import report as report_lib, text_data
+    from tfreparam import calibration as calibration_lib, fidelity
+
     start = time.perf_counter()
-    print(f"[compress] {name} ...", flush=True)
-    yield
-    print(f"[compress] {name}: {time.perf_counter() - start:.1f}s", flush=True)
-
-
-def fidelity(reference: np.ndarray, compressed: np.ndarray) -> dict:
-    """Mean embedding cosine and top-1 nearest-neighbour agreement (cosine similarity)."""
-    def normalise(a):
-        return a / np.linalg.norm(a, axis=1, keepdims=True)
-
-    ref, comp = normalise(reference), normalise(compressed)
-    cosine = np.sum(ref * comp, axis=1)
-
-    def nearest(a):
-        sim = a @ a.T
-        np.fill_diagonal(sim, -np.inf)
-        return sim.argmax(1)
-
-    return {"cosine": float(cosine.mean()), "cosine_min": float(cosine.min()),
-            "nn_agreement": float(np.mean(nearest(ref) == nearest(comp)))}
-
-
-def write_report(report_dir, metrics, report_table):
+    report_dir = settings["report_dir"]
     os.makedirs(report_dir, exist_ok=True)
-    with open(os.path.join(report_dir, "metrics.json"), "w") as f:
-        json.dump(metrics, f, indent=2)
-    m = metrics
-    lines = [
-        "# Compression report",
-        "",
-        f"Model: {m['model']}. Encoder projections factorized at {m['budget']:.0%} of their parameters "
-        f"({m['params_before']:,} -> {m['params_after']:,}; whole model {m['total_params_before']:,} -> "
-        f"{m['total_params_after']:,}).",
-        "",
-        "## Fidelity on held-out sentences (no distillation yet)",
-        "",
-        "| method | embedding cosine | min cosine | NN agreement | mean output error |",
-        "|---|---:|---:|---:|---:|",
-    ]
-    for method in ("svd", "whitened"):
-        f = m["methods"][method]
-        lines.append(f"| {method} | {f['cosine']:.4f} | {f['cosine_min']:.4f} | {f['nn_agreement']:.3f} | "
-                     f"{f['output_error']:.4f} |")
-    lines += ["", "## Per layer (whitened SVD)", "", report_table, ""]
-    with open(os.path.join(report_dir, "report.md"), "w") as f:
-        f.write("\n".join(lines))
-    return "\n".join(lines)
+    pipe = pipeline_lib.Pipeline(report_dir, prefix=_LOG_PREFIX, log=log)
+    ctx = {}
+
+    def load(stage):
+        loaded = bert.load_hf(settings["model"], output_hidden_states=True, output_attentions=True)
+        ctx["encoder"] = loaded.model
+        ctx["teacher"] = bert.load_hf(settings["model"], output_hidden_states=True, output_attentions=True).model
+        ctx["preprocessor"] = bert.Preprocessor.from_pretrained(settings["model"], seq_length=settings["seq_length"])
+        return {"config": loaded.config.to_dict()}
+
+    loaded = pipe.run(f"load {settings['model']}", load, cache=False)
+    ctx["names"] = names = projection_names(ctx["encoder"])
+    if not names:
+        raise ValueError(f"{settings['model']} has no encoder projections named like {PROJECTIONS}.")
+
+    def text(stage):
+        parts = text_data.sentence_parts(settings["train_files"], settings["eval_files"])
+        ctx["parts"] = parts
+        return {"sentences": {k: len(v) for k, v in parts.items()}}
+
+    text_info = pipe.run("text", text, cache=False)
+    parts = ctx["parts"]
+    pre = ctx["preprocessor"]
+    ctx["calibration"] = text_data.tokenized(pre, parts["calibration"][:settings["calibration_sentences"]])
+    ctx["calibration_ds"] = as_dataset(ctx["calibration"])
+    ctx["heldout"] = text_data.tokenized(pre, parts["heldout"][:settings["heldout_sentences"]])
+    ctx["sensitivity"] = text_data.tokenized(pre, parts["calibration"][:settings["sensitivity_sentences"]])
+    ctx["reference"] = fidelity.mean_pooled(ctx["encoder"], ctx["heldout"])
+    data_key = pipeline_lib.fingerprint(settings["model"], settings["train_files"], settings["eval_files"],
+                                        settings["calibration_sentences"], settings["heldout_sentences"],
+                                        settings["seq_length"], text_info["sentences"])
+
+    def calibrate(stage):
+        layers = [ctx["encoder"].get_layer(n) for n in names]
+        ctx["grams"] = calibration_lib.input_grams(ctx["encoder"], layers, ctx["calibration_ds"])
+        return {"layers": len(layers)}
+
+    factor_settings = {k: settings[k] for k in ("policy", "budget", "rank", "sensitivity_sentences")}
+    results, models = {}, {}
+    needs_grams = [m for m in settings["methods"]
+                   if not pipe.done(f"factorize/{m}", pipeline_lib.fingerprint(f"factorize/{m}", factor_settings,
+                                                                                (data_key,)))]
+    if needs_grams:
+        pipe.run("calibrate", calibrate, cache=False)
+    for method in settings["methods"]:
+        def stage_fn(stage, method=method):
+            model, result = factorize(settings, ctx, method)
+            save_model(model, stage.path("model.weights.h5"))
+            models[method] = model
+            return result
+
+        results[method] = pipe.run(f"factorize/{method}", stage_fn, data_key, settings=factor_settings)
+        log(f"[{_LOG_PREFIX}]   {method}: held-out cosine {results[method]['cosine']:.4f}, "
+            f"NN agreement {results[method]['nn_agreement']:.3f}, output error {results[method]['output_error']:.4f}")
+
+    def model_of(method):
+        if method not in models:
+            path = os.path.join(pipe.directory(f"factorize/{method}"), "model.weights.h5")
+            models[method] = rebuild(ctx["encoder"], settings, method, names, results[method].get("ranks"), path)
+        return models[method]
+
+    distill_settings = {k: settings[k] for k in ("distill_steps", "batch_size", "learning_rate", "hidden_weight",
+                                                 "attention_weight", "embedding_weight", "seed")}
+    distilled, final = {}, {}
+    if settings["distill_steps"] > 0:
+        for method in settings["distilled"]:
+            def stage_fn(stage, method=method):
+                student = model_of(method)
+                result = distil(settings, ctx, student, method)
+                save_model(student, stage.path("model.weights.h5"))
+                return result
+
+            distilled[method] = pipe.run(f"distill/{method}", stage_fn, results[method]["_key"],
+                                         settings=distill_settings)
+            log(f"[{_LOG_PREFIX}]   {method} distilled: held-out cosine {distilled[method]['cosine']:.4f}, "
+                f"NN agreement {distilled[method]['nn_agreement']:.3f}")
+            if pipe.skipped and pipe.skipped[-1] == f"distill/{method}":
+                models[method] = model_of(method)
+                models[method].load_weights(os.path.join(pipe.directory(f"distill/{method}"), "model.weights.h5"))
+
+    best_method = max(settings["methods"], key=lambda m: (distilled.get(m) or results[m])["cosine"])
+    final_result = distilled.get(best_method) or results[best_method]
+    final_model = model_of(best_method)
+
+    extra = {}
+    if settings["sparsity"] is not None or settings["m_by_n"] is not None:
+        extra["prune"] = _optional_stage("prune")
+    if settings["qat"]:
+        extra["qat"] = _optional_stage("qat")
+    if settings["export"]:
+        extra["export"] = _optional_stage("export")
+
+    base = results[best_method]
+    metrics = {
+        "model": settings["model"],
+        "policy": settings["policy"],
+        "budget": settings["budget"],
+        "params_before": base["params_before"],
+        "params_after": base["params_after"],
+        "total_params_before": base["total_params_before"],
+        "total_params_after": base["total_params_after"],
+        "best_method": best_method,
+        "embedding_cosine_heldout": final_result["cosine"],
+        "embedding_cosine_min_heldout": final_result["cosine_min"],
+        "nn_agreement_heldout": final_result["nn_agreement"],
+        "output_error_svd": results["svd"]["output_error"] if "svd" in results else None,
+        "output_error_whitened": results["whitened"]["output_error"] if "whitened" in results else None,
+        "tflite_int8_bytes": None,
+        "tflite_fp32_dense_bytes": None,
+        "int8_embedding_cosine": None,
+        "sentences": text_info["sentences"],
+        "methods": {m: _summary(results[m], distilled.get(m)) for m in settings["methods"]},
+        "distill_steps": settings["distill_steps"] if distilled else 0,
+        "stage_seconds": {k: round(v, 1) for k, v in pipe.timings.items()},
+        "stages_skipped": list(pipe.skipped),
+        **extra,
+    }
+    compressed_path = os.path.join(report_dir, "compressed_encoder.keras")
+    encoder_view(final_model).save(compressed_path)
+    metrics["compressed_model"] = compressed_path
+    metrics["seconds_total"] = round(time.perf_counter() - start, 1)
+    text_report = report_lib.write(report_dir, metrics, results[best_method]["table"], results)
+    print(text_report)
+    log(f"[{_LOG_PREFIX}] report written to {os.path.abspath(report_dir)}")
+    del keras
+    return metrics
+
+
+def _summary(factorized: dict, distilled: dict | None) -> dict:
+    keys = ("cosine", "cosine_min", "nn_agreement")
+    summary = {k: factorized[k] for k in keys}
+    summary.update(output_error=factorized["output_error"], params_after=factorized["params_after"])
+    if distilled:
+        summary.update({f"distilled_{k}": distilled[k] for k in keys})
+    return summary
+
+
+def _optional_stage(name: str):
+    raise NotImplementedError(f"The {name} stage is not wired in yet.")
 
 
 def main(argv):
-    del argv
-    if not 0.0 < FLAGS.budget <= 1.0:
-        raise app.UsageError(f"--budget must be in (0, 1], got {FLAGS.budget}.")
-    if FLAGS.calibration_sentences < 1 or FLAGS.heldout_sentences < 2:
-        raise app.UsageError("--calibration_sentences must be >= 1 and --heldout_sentences >= 2.")
-    import bert
-    import tfreparam as tr
-    from bert.sentences import as_dataset, mean_pooled_embeddings, tokenize_batches
-    from recipes import corpus
-    from tfreparam import calibration as calibration_lib
-
-    start = time.perf_counter()
-    with stage(f"load {FLAGS.model}"):
-        loaded = bert.load_hf(FLAGS.model)
-        encoder = loaded.model
-        preprocessor = bert.Preprocessor.from_pretrained(FLAGS.model, seq_length=FLAGS.seq_length)
-    with stage("prepare calibration / held-out text"):
-        parts = corpus.split(corpus.stdlib_sentences(), {"calibration": 0.2, "train": 0.6, "heldout": 0.2})
-        calibration = tokenize_batches(preprocessor, parts["calibration"][:FLAGS.calibration_sentences])
-        heldout = tokenize_batches(preprocessor, parts["heldout"][:FLAGS.heldout_sentences])
-        reference = mean_pooled_embeddings(encoder, heldout)
-
-    targets = [layer for layer in encoder.layers if re.fullmatch(PROJECTIONS, layer.name)]
-    with stage("collect input statistics on the calibration sentences"):
-        # Once, for the whitened SVD and for the output errors of both methods.
-        grams = calibration_lib.input_grams(encoder, targets, as_dataset(calibration))
-    methods, reports = {}, {}
-    for method in ("svd", "whitened"):
-        with stage(f"factorize projections at {FLAGS.budget:.0%} ({method} SVD)"):
-            compressed = tr.reparameterize(
-                encoder, {PROJECTIONS: tr.LowRank(param_budget=FLAGS.budget, method=method)},
-                statistics=grams,
-            )
-            report = tr.report((encoder, compressed))
-            # Output error of both methods on the same calibration activations.
-            rows = [r for r in report.rows if r.name in grams]
-            errors = [
-                tr.decompose.output_error(
-                    encoder.get_layer(r.name).kernel.numpy().astype(np.float64),
-                    compressed.get_layer(r.name).dense_kernel().numpy(), grams[r.name].gram,
-                )
-                for r in rows
-            ]
-        with stage(f"evaluate {method} on {len(parts['heldout'][:FLAGS.heldout_sentences])} held-out sentences"):
-            methods[method] = dict(fidelity(reference, mean_pooled_embeddings(compressed, heldout)),
-                                   output_error=float(np.mean(errors)))
-            reports[method] = (report, compressed, rows)
-
-    best = max(methods, key=lambda k: methods[k]["cosine"])
-    report, compressed, targeted = reports["whitened"]
-    metrics = {
-        "model": FLAGS.model,
-        "budget": FLAGS.budget,
-        # The encoder projections the policy targets (kernels + biases).
-        "params_before": sum(r.params_before for r in targeted),
-        "params_after": sum(r.params_after for r in targeted),
-        "total_params_before": encoder.count_params(),
-        "total_params_after": compressed.count_params(),
-        "best_method": best,
-        "embedding_cosine_heldout": methods[best]["cosine"],
-        "nn_agreement_heldout": methods[best]["nn_agreement"],
-        "output_error_svd": methods["svd"]["output_error"],
-        "output_error_whitened": methods["whitened"]["output_error"],
-        "methods": methods,
-        "layers": {m: r.to_dict()["layers"] for m, (r, _, _) in reports.items()},
-        "seconds_total": time.perf_counter() - start,
-    }
-    print(write_report(FLAGS.report_dir, metrics, report.to_markdown()))
-    print(f"[compress] report written to {os.path.abspath(FLAGS.report_dir)}")
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}.")
+    settings = check_flags(FLAGS)
+    run(settings)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PACKAGES = ["tfreparam", "bert", "recipes", "tools", "bench", "tests"]
-SKIP_DIRS = {".venv", ".git", "__pycache__", "reports", ".pytest_cache", ".hypothesis"}
+SKIP_DIRS = {".venv", ".venvs", ".git", "__pycache__", "reports", ".pytest_cache", ".hypothesis"}
 
 
 def _walk(root, pattern):

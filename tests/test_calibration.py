@@ -66,3 +66,84 @@ def test_padding_positions_are_left_out_of_grams():
     real = table[[1, 2, 3, 4, 5]]
     np.testing.assert_allclose(stats["proj"].gram, real.T @ real / 5, rtol=1e-5)
     assert stats["proj"].rows == 5
+
+
+# -- sequential (error-correcting) whitening ----------------------------------------
+
+
+def _chain(seed=0):
+    """Three stacked linear projections (activations as separate layers, so layer outputs are pre-activation)."""
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((12,))
+    h = keras.layers.Dense(24, name="p0")(inputs)
+    h = keras.layers.Activation("tanh")(h)
+    h = keras.layers.Dense(16, name="p1")(h)
+    h = keras.layers.Activation("tanh")(h)
+    return keras.Model(inputs, keras.layers.Dense(8, name="p2")(h))
+
+
+def _correlated(n, seed):
+    rng = np.random.default_rng(seed)
+    mixing = rng.normal(size=(12, 12)) * np.logspace(0, -1.5, 12)[:, None]
+    return (rng.normal(size=(n, 12)) @ mixing).astype("float32")
+
+
+def test_paired_grams_match_numpy():
+    from tfreparam import surgery
+    import tfreparam as tr
+
+    model = _chain()
+    x = _correlated(40, 1)
+    compressed = tr.reparameterize(model, tr.LowRank(rank=3))
+    stats = calibration.paired_grams(model, compressed, ["p1"], tf.data.Dataset.from_tensor_slices(x).batch(16))
+    probe = lambda m: keras.Model(m.inputs, m.get_layer("p1").input)(x).numpy().astype(np.float64)  # noqa: E731
+    original, current = probe(model), probe(compressed)
+    np.testing.assert_allclose(stats["p1"].gram, current.T @ current / 40, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(stats["p1"].cross, current.T @ original / 40, rtol=1e-5, atol=1e-7)
+    assert stats["p1"].rows == 40
+    del surgery
+
+
+def test_sequential_whitening_error_per_layer_is_at_most_one_shot():
+    import tfreparam as tr
+
+    model = _chain()
+    x = _correlated(600, 2)
+    data = tf.data.Dataset.from_tensor_slices(x).batch(100)
+    policy = tr.LowRank(rank=4, method="whitened")
+    one_shot = tr.reparameterize(model, policy, calibration_data=data)
+    sequential = tr.reparameterize(model, policy, calibration_data=data, sequential=True)
+
+    def outputs(m):
+        return keras.Model(m.inputs, [m.get_layer(n).output for n in ("p0", "p1", "p2")])(x)
+
+    reference = outputs(model)
+    errors = {}
+    for label, m in (("one_shot", one_shot), ("sequential", sequential)):
+        errors[label] = [float(np.linalg.norm(a.numpy() - r.numpy()) / np.linalg.norm(r.numpy()))
+                         for a, r in zip(outputs(m), reference)]
+    # Layer 0 sees identical inputs in both (only the small ridge differs); later layers correct the drift.
+    assert errors["sequential"][0] == pytest.approx(errors["one_shot"][0], rel=1e-3)
+    for seq, shot in zip(errors["sequential"], errors["one_shot"]):
+        assert seq <= shot * (1 + 1e-3)
+    assert errors["sequential"][2] < 0.95 * errors["one_shot"][2]
+    assert [l.rank for l in sequential.layers if hasattr(l, "rank")] == [4, 4, 4]
+
+
+def test_corrected_kernel_is_the_least_squares_solution():
+    from tfreparam.specs import corrected_kernel
+
+    rng = np.random.default_rng(3)
+    x_orig = rng.normal(size=(200, 6))
+    x_comp = x_orig + 0.1 * rng.normal(size=(200, 6))
+    w = rng.normal(size=(6, 4))
+    expected = np.linalg.lstsq(x_comp, x_orig @ w, rcond=None)[0]
+    got = corrected_kernel(w, x_comp.T @ x_comp / 200, x_comp.T @ x_orig / 200, ridge=0.0)
+    np.testing.assert_allclose(got, expected, rtol=1e-8, atol=1e-10)
+
+
+def test_sequential_needs_calibration_data():
+    import tfreparam as tr
+
+    with pytest.raises(ValueError, match="sequential=True refits layers"):
+        tr.reparameterize(_chain(), tr.LowRank(rank=2), sequential=True)

@@ -2,8 +2,11 @@
 
 `gram`: the input Gram matrix XᵀX / n of each layer (whitened SVD).
 `row_importance`: accumulated squared loss gradients of each kernel, summed
-over the output axis (Fisher-weighted SVD). Batches are consumed one at a
-time; only the (in, in) and (in,) accumulators are kept.
+over the output axis (Fisher-weighted SVD). `paired_grams`: for sequential
+(error-correcting) whitening, the Gram matrix of a *compressed* model's layer
+inputs X̃ and their cross product X̃ᵀX with the original model's inputs.
+Batches are consumed one at a time; only the (in, in) and (in,) accumulators
+are kept.
 """
 
 from __future__ import annotations
@@ -23,6 +26,9 @@ class LayerStats:
     gram: Optional[np.ndarray] = None  # (in, in), XᵀX / rows
     row_importance: Optional[np.ndarray] = None  # (in,)
     rows: int = 0
+    # Sequential whitening: gram is then X̃ᵀX̃ / n of the compressed model's
+    # inputs X̃, and cross = X̃ᵀX / n with the original model's inputs X.
+    cross: Optional[np.ndarray] = None
 
 
 def as_dataset(data) -> tf.data.Dataset:
@@ -87,6 +93,41 @@ def input_grams(model: keras.Model, layers, data, mask_key: Optional[str] = "inp
         if entry.rows == 0:
             raise ValueError("calibration_data is empty: no batches were produced.")
         entry.gram /= entry.rows
+    return stats
+
+
+def paired_grams(original: keras.Model, compressed: keras.Model, names, data,
+                 mask_key: Optional[str] = "input_mask") -> dict[str, LayerStats]:
+    """X̃ᵀX̃ / n and X̃ᵀX / n for each named layer, X̃ / X its inputs in `compressed` / `original`.
+
+    Both models see the same batches; padded positions are left out as in
+    `input_grams`. With these, the rank-r kernel minimising ||X̃ Ŵ − X W||_F
+    (the original layer's output, from the compressed model's actual inputs)
+    is the whitened truncation of Ŵ* = (X̃ᵀX̃)⁻¹ X̃ᵀX W.
+    """
+    names = list(names)
+    probes = [keras.Model(m.inputs, [_layer_input(m.get_layer(n)) for n in names]) for m in (original, compressed)]
+    stats = {name: LayerStats() for name in names}
+    for batch in as_dataset(data):
+        x, _ = _split(batch)
+        token_mask = x.get(mask_key) if isinstance(x, dict) and mask_key else None
+        outputs = []
+        for probe in probes:
+            values = probe(x, training=False)
+            outputs.append([values] if len(names) == 1 else values)
+        for name, source, current in zip(names, *outputs):
+            x_orig, x_comp = _token_rows(source, token_mask), _token_rows(current, token_mask)
+            gram = tf.matmul(x_comp, x_comp, transpose_a=True).numpy().astype(np.float64)
+            cross = tf.matmul(x_comp, x_orig, transpose_a=True).numpy().astype(np.float64)
+            entry = stats[name]
+            entry.gram = gram if entry.gram is None else entry.gram + gram
+            entry.cross = cross if entry.cross is None else entry.cross + cross
+            entry.rows += int(x_comp.shape[0])
+    for entry in stats.values():
+        if entry.rows == 0:
+            raise ValueError("calibration_data is empty: no batches were produced.")
+        entry.gram /= entry.rows
+        entry.cross /= entry.rows
     return stats
 
 

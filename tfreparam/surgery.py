@@ -117,7 +117,7 @@ def _select(model, policy) -> dict[str, Spec]:
 
 
 def reparameterize(model: keras.Model, policy: Policy, calibration_data=None, loss_fn=None,
-                   objective=None, statistics=None) -> keras.Model:
+                   objective=None, statistics=None, sequential: bool = False) -> keras.Model:
     """A copy of `model` whose selected projections are reparameterized.
 
     Args:
@@ -131,6 +131,12 @@ def reparameterize(model: keras.Model, policy: Policy, calibration_data=None, lo
         unlabelled data (instead of loss_fn).
       statistics: per-layer `calibration.LayerStats` already collected (e.g.
         by `calibration.input_grams`), used instead of a pass over the data.
+      sequential: refit the whitened (`needs == "gram"`) layers one group at a
+        time, in graph order, on the inputs they get in the *already
+        compressed* model, re-targeted at the original layer's outputs (see
+        `calibration.paired_grams`), so each layer compensates the error of
+        the layers before it. Ranks stay those of the first (one-shot) pass.
+        Costs one calibration pass per group of layers sharing an input.
 
     Layers the policy does not select are copied with their weights.
     """
@@ -163,8 +169,45 @@ def reparameterize(model: keras.Model, policy: Policy, calibration_data=None, lo
                 layer.bias.assign(bias)
         else:
             layer.set_weights(old.get_weights())
+    if sequential:
+        if calibration_data is None:
+            raise ValueError("sequential=True refits layers on the compressed model's activations: pass calibration_data.")
+        _refit_sequentially(model, new_model, plan, factorizations, calibration_data)
     FACTORIZATIONS[new_model] = factorizations
     return new_model
+
+
+def _input_groups(model, names) -> list[list[str]]:
+    """`names` in graph order, grouped by the tensor they read (e.g. q, k, v of one block)."""
+    groups, keys = [], []
+    for layer in model.layers:
+        if layer.name not in names:
+            continue
+        key = id(calibration._layer_input(layer))
+        if keys and keys[-1] == key:
+            groups[-1].append(layer.name)
+        else:
+            groups.append([layer.name])
+            keys.append(key)
+    return groups
+
+
+def _refit_sequentially(original, compressed, plan, factorizations, data):
+    import dataclasses
+
+    names = {name for name, spec in plan.items() if spec.needs == "gram"}
+    for group in _input_groups(original, names):
+        stats = calibration.paired_grams(original, compressed, group, data)
+        for name in group:
+            spec, first = plan[name], factorizations[name]
+            fixed = dataclasses.replace(spec, rank=first.layer_kwargs["rank"], energy=None, param_budget=None)
+            kernel, _ = projection(original.get_layer(name))
+            try:
+                refit = fixed.factorize(kernel.numpy().astype(np.float64), stats[name])
+            except ValueError as error:
+                raise ValueError(f"Cannot refit layer '{name}' sequentially with {spec}: {error}") from error
+            compressed.get_layer(name).set_factors(refit.factors)
+            factorizations[name] = refit
 
 
 def _replacement(layer, factorization):

@@ -1,69 +1,142 @@
-"""`make demo`'s job, run as a user runs it: a subprocess with flags."""
+"""`recipes.compress`, the main job: stages, report, restart, flag errors (on a two-block MiniLM)."""
 
 import json
-import subprocess
-import sys
+import os
 
 import numpy as np
 import pytest
+from absl import app
+from absl.testing import flagsaver
 
-from bert import read_hf_checkpoint
+from recipes import compress, pipeline
+
+FLAGS = compress.FLAGS
+SMALL = ["--calibration_sentences=48", "--heldout_sentences=32", "--sensitivity_sentences=8", "--distill_steps=3",
+         "--batch_size=8", "--seq_length=32"]
 
 
-def _run(*flags):
-    return subprocess.run(
-        [sys.executable, "-m", "recipes.compress", *flags],
-        capture_output=True, text=True, timeout=900,
-    )
+def _settings(*argv):
+    with flagsaver.flagsaver():
+        FLAGS.unparse_flags()
+        FLAGS(["compress", *argv])
+        return compress.check_flags(FLAGS)
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    report_dir = tmp_path_factory.mktemp("demo")
-    result = _run(f"--report_dir={report_dir}", "--budget=0.5", "--calibration_sentences=64",
-                  "--heldout_sentences=48")
-    assert result.returncode == 0, result.stderr[-3000:]
-    return report_dir, json.loads((report_dir / "metrics.json").read_text()), result.stdout
+def first_run(two_block_minilm, tmp_path_factory):
+    report_dir = str(tmp_path_factory.mktemp("demo"))
+    settings = _settings(f"--model={two_block_minilm}", f"--report_dir={report_dir}", *SMALL)
+    metrics = compress.run(settings)
+    return settings, metrics, report_dir
 
 
-def test_demo_halves_projection_parameters(demo):
-    report_dir, metrics, stdout = demo
-    # all-MiniLM-L6-v2: 6 layers x (4 384x384 + 384x1536 + 1536x384) projections, with biases.
-    assert metrics["params_before"] == 6 * (4 * (384 * 384 + 384) + (384 * 1536 + 1536) + (1536 * 384 + 384))
-    kernels = 6 * (4 * 384 * 384 + 2 * 384 * 1536)
-    biases = metrics["params_before"] - kernels
+def test_metrics_report_and_plots(first_run):
+    _, metrics, report_dir = first_run
+    required = ["params_before", "params_after", "total_params_before", "total_params_after",
+                "embedding_cosine_heldout", "nn_agreement_heldout", "output_error_svd", "output_error_whitened",
+                "tflite_int8_bytes", "tflite_fp32_dense_bytes", "int8_embedding_cosine", "seconds_total"]
+    assert set(required) <= set(metrics)
+    with open(os.path.join(report_dir, "metrics.json")) as f:
+        assert set(required) <= set(json.load(f))
+    # Two MiniLM blocks: 4 (384x384) + (384x1536) + (1536x384) projections, with biases.
+    kernels = 2 * (4 * 384 * 384 + 2 * 384 * 1536)
+    biases = 2 * (4 * 384 + 1536 + 384)
+    assert metrics["params_before"] == kernels + biases
     assert metrics["params_after"] - biases <= 0.5 * kernels
     assert metrics["total_params_before"] - metrics["total_params_after"] == metrics["params_before"] - metrics["params_after"]
-    assert "report written to" in stdout
-    assert (report_dir / "report.md").read_text().count("| layer_") == 36
+    report = open(os.path.join(report_dir, "report.md")).read()
+    assert report.count("| layer_") == 12 and "held-out cosine" in report
+    assert open(os.path.join(report_dir, "fidelity.png"), "rb").read(4) == b"\x89PNG"
+    assert set(metrics["methods"]) == {"svd", "whitened", "best"}
+    assert "distilled_cosine" in metrics["methods"]["best"]
 
 
-def test_whitened_beats_plain_svd_on_held_out_text(demo):
-    _, metrics, _ = demo
-    svd, whitened = metrics["methods"]["svd"], metrics["methods"]["whitened"]
+def test_best_spends_the_same_budget_and_whitening_lowers_output_error(first_run):
+    _, metrics, report_dir = first_run
+    with open(os.path.join(report_dir, "stages", "factorize__best", "result.json")) as f:
+        best = json.load(f)
+    shapes = {name: (384, 1536) if name.endswith("intermediate") else (1536, 384) if name.endswith("ffn/output")
+              else (384, 384) for name in best["ranks"]}
+    spent = sum(r * sum(shapes[n]) for n, r in best["ranks"].items())
+    kernels = sum(a * b for a, b in shapes.values())
+    assert spent <= kernels // 2 and kernels // 2 - spent < 768  # nothing more fits (smallest in+out = 768)
+    assert len(set(best["ranks"].values())) > 1  # non-uniform
     assert metrics["output_error_whitened"] < metrics["output_error_svd"]
-    assert whitened["cosine"] > svd["cosine"]
-    assert 0.0 <= svd["nn_agreement"] <= 1.0 and 0.0 < svd["cosine"] < 1.0
+    assert metrics["methods"]["whitened"]["cosine"] > metrics["methods"]["svd"]["cosine"]
 
 
-def test_svd_layer_errors_are_eckart_young_optimal(demo):
-    _, metrics, _ = demo
-    rows = {r["name"]: r for r in metrics["layers"]["svd"]}
-    kernel, _ = read_hf_checkpoint("minilm").projection_kernels()["layer_2/ffn/output"]
-    sigma = np.linalg.svd(kernel.astype(np.float64), compute_uv=False)
-    rank = int(rows["layer_2/ffn/output"]["structure"].split("=")[1])
-    expected = np.sqrt(np.sum(sigma[rank:] ** 2) / np.sum(sigma**2))
-    assert rows["layer_2/ffn/output"]["relative_error"] == pytest.approx(expected, abs=1e-5)
+def test_rerun_skips_finished_stages_and_a_changed_flag_redoes_only_what_depends_on_it(first_run, capsys):
+    settings, metrics, report_dir = first_run
+    again = compress.run(settings)
+    out = capsys.readouterr().out
+    for stage in ("factorize/svd", "factorize/whitened", "factorize/best", "distill/best"):
+        assert f"{stage}: skipped" in out
+    assert "[compress] calibrate" not in out  # statistics only when some factorization must run
+    assert again["embedding_cosine_heldout"] == pytest.approx(metrics["embedding_cosine_heldout"], abs=1e-6)
+    changed = compress.run(dict(settings, distill_steps=2))
+    out = capsys.readouterr().out
+    assert "factorize/best: skipped" in out and "distill/best: skipped" not in out
+    assert changed["distill_steps"] == 2
 
 
-@pytest.mark.parametrize(
-    "flags, message",
-    [
-        (["--budget=1.5"], "--budget must be in (0, 1], got 1.5"),
-        (["--model=/nonexistent/ckpt"], "Checkpoint directory '/nonexistent/ckpt' does not exist"),
-    ],
-)
-def test_bad_flags_fail_clearly(flags, message, tmp_path):
-    result = _run(*flags, f"--report_dir={tmp_path}")
-    assert result.returncode != 0
-    assert message in result.stderr
+def test_compressed_encoder_is_saved_and_loadable(first_run):
+    import tf_keras as keras
+
+    import bert
+    import tfreparam  # noqa: F401
+
+    _, metrics, report_dir = first_run
+    model = keras.models.load_model(os.path.join(report_dir, "compressed_encoder.keras"), compile=False)
+    assert set(model.output) == {"sequence_output", "pooled_output"}
+    assert any(type(l).__name__ == "LowRankDense" for l in model.layers)
+    del bert
+
+
+def test_interrupted_stage_runs_again(tmp_path):
+    pipe = pipeline.Pipeline(str(tmp_path), log=lambda line: None)
+    calls = []
+    pipe.run("first", lambda stage: calls.append("first") or {"value": 1}, settings={"a": 1})
+
+    def interrupted(stage):
+        calls.append("second")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        pipe.run("second", interrupted)
+    again = pipeline.Pipeline(str(tmp_path), log=lambda line: None)
+    assert again.run("first", lambda stage: calls.append("first again"), settings={"a": 1})["value"] == 1
+    again.run("second", lambda stage: calls.append("second again") or {})
+    assert calls == ["first", "second", "second again"]
+    again.run("first", lambda stage: calls.append("first, new settings") or {}, settings={"a": 2})
+    assert calls[-1] == "first, new settings"
+
+
+@pytest.fixture
+def files(tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("  \n")
+    gpt = tmp_path / "gpt"
+    gpt.mkdir()
+    (gpt / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_layer": 2}))
+    return {"empty": str(empty), "gpt": str(gpt), "missing": str(tmp_path / "nope.txt")}
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--budget=1.5"], "--budget must be in (0, 1], got 1.5"),
+    (["--model=/nonexistent/ckpt"], "Checkpoint directory '/nonexistent/ckpt' does not exist"),
+    (["--model={gpt}"], "is not a BERT checkpoint (config.json says model_type='gpt2')"),
+    (["--train_files={empty}"], "is empty; give text files"),
+    (["--eval_files={missing}"], "does not exist or is not a file"),
+    (["--methods=svd,magic"], "--methods must be a non-empty subset"),
+    (["--methods=svd", "--distill_methods=best"], "--distill_methods ['best'] are not among --methods"),
+    (["--m_by_n=4:2"], "--m_by_n must look like '2:4'"),
+    (["--export=saved_model,zip"], "--export takes"),
+    (["--ranks=abc"], "--ranks must be one integer rank"),
+    (["--policy=tt", "--ranks=8"], "--ranks applies to --policy=lowrank"),
+    (["--heldout_sentences=1"], "--heldout_sentences must be >= 2"),
+])
+def test_bad_flags_fail_before_any_work(files, argv, message):
+    argv = [a.format(**files) for a in argv]
+    with pytest.raises(app.UsageError) as error:
+        _settings(*argv)
+    assert message in str(error.value)

@@ -93,6 +93,14 @@ class ReparameterizedDense(keras.layers.Layer):
         self._configure(self.in_features)
         self.input_spec = keras.layers.InputSpec(min_ndim=2, axes={-1: self.in_features})
         self._build_factors()
+        # Each factor is also an attribute (`self.u`, `self.core_0`, ...) and
+        # `call` reads the attributes, like `Dense.kernel`: TFMOT's clustering
+        # wrapper swaps them for clustered tensors during its call. The dict is
+        # untracked so that a swapped-out variable leaves `layer.weights`, as
+        # the wrapper expects (a tracked dict would keep reporting it).
+        self._untrack_factor_dict()
+        for name, weight in self.factor_weights.items():
+            setattr(self, name, weight)
         if self.use_bias:
             self.bias = self.add_weight(
                 "bias",
@@ -108,6 +116,15 @@ class ReparameterizedDense(keras.layers.Layer):
         input_labels, input_shape_modes, operands, output_labels = self._network()
         self._plan = ContractionPlan(input_labels, input_shape_modes, operands, output_labels)
         self.built = True
+
+    def _untrack_factor_dict(self):
+        factors = dict(self.factor_weights)
+        del self.factor_weights  # drops the tracked dict wrapper from the layer's children
+        self._set_untracked("factor_weights", factors)
+
+    @tf.__internal__.tracking.no_automatic_dependency_tracking
+    def _set_untracked(self, name, value):
+        setattr(self, name, value)
 
     def _build_factors(self):
         self.factor_weights = {}
@@ -146,7 +163,7 @@ class ReparameterizedDense(keras.layers.Layer):
 
     def apply_factors(self, x):
         """`x @ W` for `x` of shape (N, in), without forming W."""
-        return self._plan(x, [self.factor_weights[name] for name in self._factor_specs()])
+        return self._plan(x, [getattr(self, name) for name in self._factor_specs()])
 
     def compute_output_shape(self, input_shape):
         return tf.TensorShape(input_shape)[:-1].concatenate([self.units])
@@ -165,6 +182,25 @@ class ReparameterizedDense(keras.layers.Layer):
             bias_constraint=keras.constraints.serialize(self.bias_constraint),
         )
         return config
+
+    # -- TFMOT hooks: `PrunableLayer` and `ClusterableLayer` --------------------
+    # Duck-typed (TFMOT accepts any layer with these methods); importing
+    # `tfreparam.sparsity` or `tfreparam.clustering` also registers the class
+    # as a virtual subclass of both ABCs for TFMOT's isinstance checks.
+
+    def get_prunable_weights(self):
+        """The factor weights (never the bias), for `tfmot.sparsity.keras`."""
+        self._require_built("prunable weights")
+        return list(self.factor_weights.values())
+
+    def get_clusterable_weights(self):
+        """(attribute name, variable) of each factor, for `tfmot.clustering.keras`."""
+        self._require_built("clusterable weights")
+        return list(self.factor_weights.items())
+
+    def get_clusterable_algorithm(self, weight_name):  # pylint: disable=unused-argument
+        """None: TFMOT's default element-wise nearest-centroid lookup fits any factor shape."""
+        return None
 
     # -- the reparameterization API -------------------------------------------
 

@@ -1,0 +1,144 @@
+"""QuantizeConfigs for the BERT layers, registered with `tfreparam.quantization` on import.
+
+With these, `tfreparam.quantization.quantize_model(encoder)` wraps every layer
+of a flat BERT: projections (Dense or factorized), attention math, LayerNorm,
+embeddings, GELU, residual adds, pooler and heads.
+
+Attention under QAT (`AttentionMathQuantizeConfig`) fake-quantizes what the
+int8 TFLite kernels see: the scaled query, the QK^T scores, the masked softmax
+input, the softmax output (TFLite's fixed int8 softmax scale, 1/256) and the
+softmax·V context. Softmax itself stays a float op in the QAT graph and
+converts to the int8 SOFTMAX builtin. The additive mask (MASK_VALUE) would
+otherwise set the softmax input's range to [-10^4, max] and crush every real
+score into one or two int8 levels; instead the masked logits reuse the
+scores' range extended downwards by `MASK_MARGIN`, so masked positions
+saturate at a value exp(-MASK_MARGIN) below any real score (a softmax weight
+of at most 4.5e-5 each) and real scores keep their resolution.
+"""
+
+from __future__ import annotations
+
+import math
+import types
+
+import tensorflow as tf
+import tf_keras as keras
+from tensorflow_model_optimization.python.core.quantization.keras import quantize_config as tfmot_config
+from tensorflow_model_optimization.python.core.quantization.keras import quantizers as tfmot_quantizers
+
+from bert import layers as bert_layers
+from tfreparam.quantization import configs, quantizers, register_quantize_config
+
+# How far below the lowest quantized attention score masked logits saturate.
+MASK_MARGIN = 10.0
+
+_LINEAR = keras.activations.linear
+_ATTENTION_POINTS = ("scaled_query", "scores", "context")
+
+
+def _named(name, quantizer=None):
+    return (_LINEAR, quantizers.NamedQuantizer(quantizer or quantizers.activation_quantizer(), name))
+
+
+@keras.utils.register_keras_serializable(package="bert")
+class AttentionMathQuantizeConfig(configs.OutputQuantizeConfig):
+    """8-bit QAT of `bert.layers.AttentionMath` (see the module docstring)."""
+
+    def get_activations_and_quantizers(self, layer):
+        # TFLite's int8 SOFTMAX always outputs scale 1/256, zero point -128: [0, 255/256].
+        probs = tfmot_quantizers.FixedQuantizer(num_bits=8, init_min=0.0, init_max=255.0 / 256.0, narrow_range=False)
+        return [_named(name) for name in _ATTENTION_POINTS] + [_named("probs", probs)]
+
+    def set_quantize_activations(self, layer, quantize_activations):
+        points = dict(zip(_ATTENTION_POINTS + ("probs",), quantize_activations))
+        object.__setattr__(layer, "_tfreparam_quantizers", points)
+        object.__setattr__(layer, "call", types.MethodType(_quantized_attention_call, layer))
+
+    def get_output_quantizers(self, layer):
+        return []
+
+
+def _masked_logits(scores, mask, scores_quantizer):
+    """scores + additive mask, fake-quantized to the scores' range widened by MASK_MARGIN."""
+    bias = (1.0 - tf.cast(mask, scores.dtype)) * bert_layers.MASK_VALUE
+    logits = scores + bias[:, tf.newaxis, tf.newaxis, :]
+    ranges = scores_quantizer._post_activation_vars  # the scores' min / max variables
+    low = tf.minimum(ranges["min_var"], 0.0) - MASK_MARGIN
+    high = tf.maximum(ranges["max_var"], 0.0)
+    return tf.quantization.fake_quant_with_min_max_vars(logits, low, high, num_bits=8, narrow_range=False)
+
+
+def _quantized_attention_call(layer, inputs, training=None):
+    """`AttentionMath.call` with fake-quants where the int8 kernels requantize."""
+    q_points = layer._tfreparam_quantizers  # their `training` flag is set by the wrapper
+    query, key, value, mask = inputs
+    hidden = query.shape[-1]
+    head_size = hidden // layer.num_heads
+    scaled = q_points["scaled_query"](query * tf.cast(1.0 / math.sqrt(head_size), query.dtype))
+    q = layer._split_heads(scaled, head_size)
+    k = layer._split_heads(key, head_size)
+    v = layer._split_heads(value, head_size)
+    scores = q_points["scores"](tf.matmul(q, k, transpose_b=True))
+    probs = tf.nn.softmax(_masked_logits(scores, mask, q_points["scores"]), axis=-1)
+    probs = q_points["probs"](probs)
+    context = q_points["context"](tf.matmul(layer._dropout_layer(probs, training=training), v))
+    context = tf.transpose(context, (0, 2, 1, 3))
+    context = tf.reshape(context, (tf.shape(query)[0], tf.shape(query)[1], hidden))
+    if layer.return_probs:
+        return context, probs
+    return context
+
+
+@keras.utils.register_keras_serializable(package="bert")
+class WordEmbeddingQuantizeConfig(tfmot_config.QuantizeConfig):
+    """The token table as an 8-bit per-tensor weight; "attend" (tied MLM decoder) logits get an output range.
+
+    The layer is called twice in a pretraining network (lookup and decoder),
+    so the decoder's output quantizer lives inside the call, not on the
+    wrapper's single output.
+    """
+
+    def get_weights_and_quantizers(self, layer):
+        return [(layer.embeddings, quantizers.weight_quantizer())]
+
+    def get_activations_and_quantizers(self, layer):
+        return [_named("attend_output")]
+
+    def set_quantize_weights(self, layer, quantize_weights):
+        object.__setattr__(layer, "_tfreparam_table", quantize_weights[0])
+
+    def set_quantize_activations(self, layer, quantize_activations):
+        object.__setattr__(layer, "_tfreparam_attend_quantizer", quantize_activations[0])
+        object.__setattr__(layer, "call", types.MethodType(_quantized_word_embedding_call, layer))
+
+    def get_output_quantizers(self, layer):
+        return []
+
+    def get_config(self):
+        return {}
+
+    def __eq__(self, other):
+        return type(self) is type(other)
+
+
+def _quantized_word_embedding_call(layer, inputs, mode="embed"):
+    table = layer._tfreparam_table
+    if mode == "embed":
+        return tf.gather(table, tf.cast(inputs, tf.int32))
+    if mode == "attend":
+        return layer._tfreparam_attend_quantizer(tf.matmul(inputs, table, transpose_b=True))
+    raise ValueError(f"mode must be 'embed' or 'attend', got {mode!r}.")
+
+
+def _register():
+    custom = {cls.__name__: cls for cls in (AttentionMathQuantizeConfig, WordEmbeddingQuantizeConfig)}
+    register_quantize_config(bert_layers.AttentionMath, lambda layer: AttentionMathQuantizeConfig(), custom)
+    register_quantize_config(bert_layers.WordEmbedding, lambda layer: WordEmbeddingQuantizeConfig(), custom)
+    register_quantize_config(bert_layers.PositionEmbedding, lambda layer: configs.WeightsQuantizeConfig(["embeddings"]))
+    register_quantize_config(bert_layers.Bias, lambda layer: configs.WeightsQuantizeConfig(["bias"], quantize_output=True))
+    # Slicing / gathering hidden states keeps their scale: nothing to fake-quantize.
+    register_quantize_config(bert_layers.FirstToken, lambda layer: configs.NoOpQuantizeConfig())
+    register_quantize_config(bert_layers.GatherPositions, lambda layer: configs.NoOpQuantizeConfig())
+
+
+_register()

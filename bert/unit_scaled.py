@@ -1,0 +1,94 @@
+"""The pieces of a unit-scaled BERT (`BertConfig(unit_scaled=True)`), see `tfreparam.unit_scaling`.
+
+`build_encoder` swaps in these layers when the config asks for unit scaling:
+unit-scaled projections (Dense, or LowRank under a policy), a unit-variance
+word embedding whose tied MLM decoder is a unit-scaled matmul, unit-scaled
+attention, and τ-weighted residual adds. LayerNorm and GELU are unchanged (a
+unit-variance input keeps them near unit scale). Train it with
+`build_pretrainer` from this module: its MLM and NSP losses use the
+unit-scaled softmax cross-entropy, whose gradient is O(1) per token.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+import tf_keras as keras
+
+from bert import layers as bert_layers
+from bert.config import BertConfig
+from bert.heads import BertPretrainer, build_pretraining_network
+from tfreparam import unit_scaling
+from tfreparam.unit_scaling import ops
+
+# Share of each residual sum's variance that comes from the branch (Blake et al. use τ ≈ 0.5 for BERT-like depth).
+RESIDUAL_TAU = 0.5
+
+
+def projection(spec, in_features, units, **dense_kwargs):
+    """A unit-scaled projection for a policy spec (None: Dense; LowRank: low-rank)."""
+    if spec is None:
+        return unit_scaling.UnitScaledDense(units, **dense_kwargs)
+    family, kwargs = spec.layer_kwargs(in_features, units)
+    if family != "low_rank":
+        raise ValueError(
+            f"unit_scaled=True supports Dense and LowRank projections only; the policy gives "
+            f"{type(spec).__name__} for {dense_kwargs.get('name')!r}."
+        )
+    return unit_scaling.UnitScaledLowRankDense(units, **kwargs, **dense_kwargs)
+
+
+def residual_add(name):
+    return unit_scaling.ResidualAdd(RESIDUAL_TAU, name=name)
+
+
+@keras.utils.register_keras_serializable(package="bert")
+class UnitScaledWordEmbedding(bert_layers.WordEmbedding):
+    """Unit-variance table; "embed" is `ops.embedding`, "attend" the unit-scaled `hidden · tableᵀ`."""
+
+    def call(self, inputs, mode="embed"):
+        table = tf.cast(tf.convert_to_tensor(self.embeddings), self.compute_dtype)
+        if mode == "embed":
+            return ops.embedding(inputs, table)
+        if mode == "attend":
+            return ops.matmul(tf.cast(inputs, self.compute_dtype), tf.transpose(table))
+        raise ValueError(f"mode must be 'embed' or 'attend', got {mode!r}.")
+
+
+@keras.utils.register_keras_serializable(package="bert")
+class UnitScaledAttentionMath(bert_layers.AttentionMath):
+    """`AttentionMath` with `ops.attention` (unit-scaled scores, probabilities and context)."""
+
+    def call(self, inputs, training=None):
+        query, key, value, mask = inputs
+        hidden = query.shape[-1]
+        head_size = hidden // self.num_heads
+        q, k, v = (self._split_heads(t, head_size) for t in (query, key, value))
+        bias = (1.0 - tf.cast(mask, tf.float32)) * bert_layers.MASK_VALUE
+        context, probs = ops.attention(q, k, v, bias[:, tf.newaxis, tf.newaxis, :])
+        context = self._dropout_layer(context, training=training)
+        context = tf.transpose(context, (0, 2, 1, 3))
+        context = tf.reshape(context, (tf.shape(query)[0], tf.shape(query)[1], hidden))
+        return (context, probs) if self.return_probs else context
+
+
+@keras.utils.register_keras_serializable(package="bert")
+class UnitScaledPretrainer(BertPretrainer):
+    """`BertPretrainer` whose MLM and NSP losses are `ops.softmax_cross_entropy` (unit-scale gradients)."""
+
+    def _pretraining_losses(self, features, outputs):
+        values = super()._pretraining_losses(features, outputs)  # accuracies (and reference losses)
+        values["mlm_loss"] = ops.softmax_cross_entropy(
+            features["masked_lm_ids"], outputs["mlm_logits"], features["masked_lm_weights"]
+        )
+        labels = tf.reshape(tf.cast(features["next_sentence_labels"], tf.int32), (-1,))
+        values["nsp_loss"] = ops.softmax_cross_entropy(labels, outputs["nsp_logits"])
+        return values
+
+
+def build_pretrainer(config: BertConfig, layer_policy=None, max_predictions_per_seq: int = 20) -> UnitScaledPretrainer:
+    """The unit-scaled counterpart of `bert.build_pretrainer` (config must have unit_scaled=True)."""
+    if not config.unit_scaled:
+        raise ValueError("bert.unit_scaled.build_pretrainer needs BertConfig(unit_scaled=True).")
+    network = build_pretraining_network(config, layer_policy=layer_policy,
+                                        max_predictions_per_seq=max_predictions_per_seq)
+    return UnitScaledPretrainer(network, name="bert_pretrainer")

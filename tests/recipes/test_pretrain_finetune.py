@@ -1,0 +1,108 @@
+"""`recipes.pretrain` and `recipes.finetune` smoke runs on tiny models, their metrics and flag errors."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+from absl import app
+from absl.testing import flagsaver
+
+from recipes import finetune, optim, pretrain
+
+SAMPLE = os.path.join(os.path.dirname(os.path.dirname(__file__)), "fixtures", "pretraining_sample.txt")
+
+
+def _parse(module, *argv):
+    with flagsaver.flagsaver():
+        module.FLAGS.unparse_flags()
+        module.FLAGS([module.__name__, *argv])
+        return module.check_flags(module.FLAGS)
+
+
+def test_pretrain_writes_checkpoints_backup_and_logs(tmp_path):
+    settings = _parse(pretrain, f"--train_files={SAMPLE}", "--config=tiny", "--seq_length=32",
+                      "--max_predictions=5", "--batch_size=4", "--steps=2", "--steps_per_epoch=1",
+                      f"--model_dir={tmp_path}")
+    metrics = pretrain.run(settings)
+    assert metrics["steps"] == 2 and np.isfinite(metrics["loss"])
+    assert 0.0 <= metrics["mlm_accuracy"] <= 1.0
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["epoch_0001.weights.h5", "epoch_0002.weights.h5"]
+    assert os.path.isdir(tmp_path / "logs") and (tmp_path / "final.weights.h5").exists()
+    assert json.loads((tmp_path / "metrics.json").read_text())["config"]["hidden_size"] == 128
+
+
+@pytest.mark.parametrize("argv, message", [
+    ([], "--train_files is required"),
+    ([f"--train_files={SAMPLE}", "--config=gigantic"], "Unknown BERT size 'gigantic'"),
+    ([f"--train_files={SAMPLE}", "--config=/no/such.json"], "does not exist"),
+    ([f"--train_files={SAMPLE}", "--max_predictions=40", "--seq_length=32"], "must be below --seq_length"),
+])
+def test_pretrain_bad_flags(argv, message):
+    with pytest.raises((app.UsageError, ValueError), match=message.replace("(", r"\(")):
+        _parse(pretrain, *argv)
+
+
+def test_warmup_linear_decay_schedule_values():
+    schedule = optim.WarmupLinearDecay(1.0, total_steps=10, warmup_steps=4)
+    values = [float(schedule(step)) for step in range(12)]
+    np.testing.assert_allclose(values, [0.25, 0.5, 0.75, 1.0, 1.0, 5 / 6, 4 / 6, 3 / 6, 2 / 6, 1 / 6, 0.0, 0.0],
+                               atol=1e-6)
+
+
+def test_weight_decay_skips_layer_norm_and_bias():
+    import tensorflow as tf
+    import tf_keras as keras
+
+    for name in ("adamw", "lamb"):
+        inputs = keras.Input((3,))
+        x = keras.layers.Dense(3, name="dense")(inputs)
+        model = keras.Model(inputs, keras.layers.LayerNormalization(name="layer_norm")(x))
+        optimizer = optim.bert_optimizer(name, 0.1, 10, 0, weight_decay=0.5)
+        before = {v.name: v.numpy().copy() for v in model.trainable_variables}
+        zeros = [tf.zeros_like(v) for v in model.trainable_variables]
+        optimizer.apply_gradients(zip(zeros, model.trainable_variables))
+        for v in model.trainable_variables:  # zero gradients: only weight decay can move a variable
+            moved = not np.allclose(v.numpy(), before[v.name])
+            assert moved == ("kernel" in v.name), (name, v.name)
+
+
+def test_f1_and_accuracy_match_hand_counts():
+    labels = np.array([1, 1, 0, 0, 1, 0])
+    predicted = np.array([1, 0, 0, 1, 1, 0])
+    # tp=2, fp=1, fn=1 -> F1 = 4 / 6.
+    assert finetune.f1_score(labels, predicted, 2) == pytest.approx(2 / 3)
+    three = finetune.f1_score(np.array([0, 1, 2, 2]), np.array([0, 2, 2, 2]), 3)
+    assert three == pytest.approx(np.mean([1.0, 0.0, 0.8]))
+
+
+@pytest.fixture
+def pairs(tmp_path):
+    rows = [{"premise": f"The cat number {i} sat on the mat.", "hypothesis": "A cat sat." if i % 2 else "Dogs bark.",
+             "label": "yes" if i % 2 else "no"} for i in range(12)]
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    return str(path)
+
+
+def test_finetune_on_sentence_pairs_from_a_compressed_or_pretrained_encoder(two_block_minilm, pairs, tmp_path):
+    settings = _parse(finetune, f"--train_file={pairs}", "--text_fields=premise,hypothesis", "--seq_length=24",
+                      "--batch_size=4", "--epochs=1", f"--model={two_block_minilm}", f"--vocab={two_block_minilm}",
+                      f"--output_dir={tmp_path / 'out'}")
+    assert settings["label_names"] == ["no", "yes"] and len(settings["dev"]) == 1
+    metrics = finetune.run(settings)
+    assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["eval_examples"] == 1
+    assert (tmp_path / "out" / "classifier.weights.h5").exists()
+
+
+def test_finetune_bad_files(tmp_path, pairs):
+    csv = tmp_path / "train.csv"
+    csv.write_text("text,label\nhello there,1\n")
+    with pytest.raises(app.UsageError, match=r"has no column\(s\) \['sentence'\]"):
+        _parse(finetune, f"--train_file={csv}")
+    with pytest.raises(app.UsageError, match="use a .csv, .tsv or .jsonl file"):
+        _parse(finetune, f"--train_file={tmp_path / 'x.parquet'}".replace("x.parquet", "train.csv") + "x")
+    with pytest.raises(app.UsageError, match="at least two labels"):
+        _parse(finetune, f"--train_file={csv}", "--text_fields=text")
+    with pytest.raises(app.UsageError, match="Give --train_file"):
+        _parse(finetune)

@@ -1,0 +1,76 @@
+"""Which QuantizeConfig each layer class gets: an extensible registry.
+
+`tfreparam` knows nothing of BERT, so packages with their own layers register
+configs for them here (`bert.quantization` does, on import). Lookups follow
+the class hierarchy, so a registration for `ReparameterizedDense` covers every
+factorized layer, and a more specific one (`LoRADense`) wins.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import tf_keras as keras
+from tensorflow_model_optimization.python.core.quantization.keras import quantize_config as tfmot_config
+
+from tfreparam.layers.base import ReparameterizedDense
+from tfreparam.layers.lora import LoRADense
+from tfreparam.quantization import configs, plugins
+
+_FACTORIES: dict[type, Callable] = {}
+_SERIALIZABLE: dict[str, object] = dict(configs.serializable_objects())
+
+
+def register_quantize_config(layer_class: type, factory: Callable, custom_objects: dict | None = None) -> None:
+    """Makes `quantize_model` annotate layers of `layer_class` with `factory(layer)`.
+
+    `factory` returns a `tfmot.quantization.keras.QuantizeConfig` for one layer
+    instance. `custom_objects` (name -> class) are added to `quantize_scope()`
+    so models using the config load again. A later registration replaces an
+    earlier one for the same class.
+    """
+    if not isinstance(layer_class, type) or not issubclass(layer_class, keras.layers.Layer):
+        raise TypeError(
+            f"layer_class must be a tf_keras Layer subclass, got {layer_class!r}. "
+            "(Keras 3 `tf.keras` layers cannot be quantized by TFMOT; use `tf_keras`.)"
+        )
+    if not callable(factory):
+        raise TypeError(f"factory must be callable (layer -> QuantizeConfig), got {factory!r}.")
+    _FACTORIES[layer_class] = factory
+    _SERIALIZABLE.update(custom_objects or {})
+
+
+def registered_classes() -> tuple[type, ...]:
+    return tuple(_FACTORIES)
+
+
+def quantize_config_for(layer: keras.layers.Layer):
+    """The registered QuantizeConfig for `layer` (most specific class first), or None."""
+    plugins.load_registered()
+    for cls in type(layer).__mro__:
+        if cls in _FACTORIES:
+            config = _FACTORIES[cls](layer)
+            if not isinstance(config, tfmot_config.QuantizeConfig):
+                raise TypeError(
+                    f"The quantize-config factory registered for {cls.__name__} returned "
+                    f"{type(config).__name__}, not a tfmot QuantizeConfig."
+                )
+            return config
+    return None
+
+
+def serializable_objects() -> dict:
+    plugins.load_registered()
+    return dict(_SERIALIZABLE)
+
+
+# -- tfreparam's own layers and generic Keras layers TFMOT does not quantize --
+register_quantize_config(ReparameterizedDense, lambda layer: configs.ReparameterizedDenseQuantizeConfig())
+register_quantize_config(LoRADense, lambda layer: configs.LoRAQuantizeConfig())
+register_quantize_config(keras.layers.Dense, lambda layer: configs.DenseQuantizeConfig())
+register_quantize_config(keras.layers.Add, lambda layer: configs.OutputQuantizeConfig())
+register_quantize_config(keras.layers.Dropout, lambda layer: configs.NoOpQuantizeConfig())
+register_quantize_config(keras.layers.LayerNormalization, lambda layer: configs.OutputQuantizeConfig())
+# TFMOT's Activation config rejects custom functions (e.g. tanh-approximated GELU).
+register_quantize_config(keras.layers.Activation, lambda layer: configs.OutputQuantizeConfig())
+register_quantize_config(keras.layers.Embedding, lambda layer: configs.WeightsQuantizeConfig(["embeddings"]))

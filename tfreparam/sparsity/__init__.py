@@ -1,0 +1,46 @@
+"""Pruning for tfreparam models: TFMOT magnitude pruning, movement pruning,
+L1 sparsification, and structured (head / FFN-neuron) pruning of the flat BERT.
+
+Importing this package imports TFMOT (without its environment side effect)
+and registers tfreparam's layers as `PrunableLayer` / `ClusterableLayer`.
+"""
+
+from tfreparam.sparsity._tfmot import tfmot  # noqa: F401  (first: registers the layers)
+from tfreparam.sparsity.magnitude import (
+    SparsityReport,
+    UpdatePruningStep,
+    prune,
+    sparsity_report,
+    strip,
+)
+from tfreparam.sparsity.masked import (
+    MaskedWeights,
+    UpdateMasks,
+    l1_sparsification,
+    movement_pruning,
+)
+from tfreparam.sparsity.selection import m_by_n_weights, select_layers
+from tfreparam.sparsity.structured import (
+    StructuredPruning,
+    head_and_neuron_importance,
+    prune_heads_and_neurons,
+    remove_heads_and_neurons,
+)
+
+__all__ = [
+    "MaskedWeights",
+    "SparsityReport",
+    "StructuredPruning",
+    "UpdateMasks",
+    "UpdatePruningStep",
+    "head_and_neuron_importance",
+    "l1_sparsification",
+    "m_by_n_weights",
+    "movement_pruning",
+    "prune",
+    "prune_heads_and_neurons",
+    "remove_heads_and_neurons",
+    "select_layers",
+    "sparsity_report",
+    "strip",
+]
