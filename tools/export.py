@@ -118,13 +118,16 @@ def main(argv):
         calibration = [model_io.sample_inputs(model, batch_size=32, seq_length=FLAGS.seq_length, seed=s)
                        for s in range(1, 5)]
     kwargs = dict(sample_inputs=sample_inputs, check=False)
-    if FLAGS.format == "saved_model":
-        export.saved_model(model, FLAGS.out, preprocessor=preprocessor if FLAGS.strings else None, **kwargs)
-    elif FLAGS.format == "onnx":
-        export.onnx(model, FLAGS.out, **kwargs)
-    else:
-        export.tflite(model, FLAGS.out, mode=FLAGS.mode, seq_length=FLAGS.seq_length,
-                      representative_data=calibration, **kwargs)
+    try:
+        if FLAGS.format == "saved_model":
+            export.saved_model(model, FLAGS.out, preprocessor=preprocessor if FLAGS.strings else None, **kwargs)
+        elif FLAGS.format == "onnx":
+            export.onnx(model, FLAGS.out, **kwargs)
+        else:
+            export.tflite(model, FLAGS.out, mode=FLAGS.mode, seq_length=FLAGS.seq_length,
+                          representative_data=calibration, **kwargs)
+    except (TypeError, ValueError) as error:  # the exporters' messages say what to do
+        raise SystemExit(f"[export] {FLAGS.format} ({FLAGS.mode}) export failed: {error}") from error
 
     parity_mode = FLAGS.mode
     if FLAGS.format == "tflite" and model_io.is_quantization_aware(model_io.prepare(model)):

@@ -211,8 +211,8 @@ def convert(model: keras.Model, mode: str = "fp32", representative_data=None, se
             raise ValueError(
                 f"int16x8 quantized {missing} to int16, but the LiteRT runtime has no int16 kernel for "
                 f"{'it' if len(missing) == 1 else 'them'} (LayerNormalization's variance uses "
-                "SQUARED_DIFFERENCE), so the model could not run. Export this model with mode='int8' or "
-                "'dynamic' instead."
+                "SQUARED_DIFFERENCE), so the model could not run. Export this model with mode='dynamic' or "
+                "'int8' instead."
             )
     return flatbuffer
 

