@@ -110,7 +110,7 @@ def build_encoder(
     positions = bert_layers.PositionEmbedding(
         c.max_position_embeddings, init_range, name="embeddings/position"
     )(x)
-    x = keras.layers.Add(name="embeddings/add")([x, types, positions])
+    x = (us.embedding_sum if us else _add)("embeddings/add")([x, types, positions])
     x = keras.layers.LayerNormalization(epsilon=c.layer_norm_eps, name="embeddings/layer_norm")(x)
     x = keras.layers.Dropout(c.hidden_dropout, name="embeddings/dropout")(x)
     if c.embedding_width != c.hidden_size:
@@ -120,9 +120,10 @@ def build_encoder(
     act = bert_layers.activation(c.activation)
     for i in range(c.num_layers):
         p = f"layer_{i}"
-        q = b.projection(f"{p}/attention/query", c.hidden_size, c.hidden_size)(x)
-        k = b.projection(f"{p}/attention/key", c.hidden_size, c.hidden_size)(x)
-        v = b.projection(f"{p}/attention/value", c.hidden_size, c.hidden_size)(x)
+        xb = b.layer(f"{p}/attention/split", us.residual_split)(x) if us else x  # unit-scaled branch gradient
+        q = b.projection(f"{p}/attention/query", c.hidden_size, c.hidden_size)(xb)
+        k = b.projection(f"{p}/attention/key", c.hidden_size, c.hidden_size)(xb)
+        v = b.projection(f"{p}/attention/value", c.hidden_size, c.hidden_size)(xb)
         attention = b.layer(
             f"{p}/attention/math",
             lambda n: (us.UnitScaledAttentionMath if us else bert_layers.AttentionMath)(
@@ -139,8 +140,10 @@ def build_encoder(
         residual = us.residual_add if us else _add
         x = b.layer_norm(f"{p}/attention/layer_norm")(b.layer(f"{p}/attention/residual", residual)([x, y]))
 
-        h = b.projection(f"{p}/ffn/intermediate", c.hidden_size, c.intermediate_size)(x)
-        h = b.layer(f"{p}/ffn/activation", lambda n: keras.layers.Activation(act, name=n))(h)
+        xb = b.layer(f"{p}/ffn/split", us.residual_split)(x) if us else x
+        h = b.projection(f"{p}/ffn/intermediate", c.hidden_size, c.intermediate_size)(xb)
+        h = b.layer(f"{p}/ffn/activation",
+                    lambda n: us.activation(c.activation, n) if us else keras.layers.Activation(act, name=n))(h)
         y = b.projection(f"{p}/ffn/output", c.intermediate_size, c.hidden_size)(h)
         y = b.dropout(f"{p}/ffn/dropout", c.hidden_dropout)(y)
         y = _adapter(b, f"{p}/ffn/adapter", y)

@@ -120,7 +120,11 @@ class BertPretrainer(keras.Model):
             outputs = self(features, training=True)
             values = self._pretraining_losses(features, outputs)
             loss = values["mlm_loss"] + values["nsp_loss"] + tf.add_n(self.losses or [tf.constant(0.0)])
-        self.optimizer.minimize(loss, self.trainable_variables, tape=tape)
+            # Each replica's loss is a mean over its own share of the batch and the strategy sums
+            # the replicas' gradients: divide so the update is that of the global-batch mean.
+            replicas = tf.distribute.get_strategy().num_replicas_in_sync
+            scaled_loss = loss / tf.cast(replicas, loss.dtype)
+        self.optimizer.minimize(scaled_loss, self.trainable_variables, tape=tape)
         return self._update(loss, values)
 
     def test_step(self, data):

@@ -58,10 +58,23 @@ class AttentionMathQuantizeConfig(configs.OutputQuantizeConfig):
         return []
 
 
+def _mask_bias(mask, dtype):
+    """The additive mask (0 for real tokens, MASK_VALUE for padding), computed in integers.
+
+    In float, `(1 - mask) * MASK_VALUE` converts to an int8 SUB whose output
+    takes the MUL's scale (~39), which rounds the 1 of every padded position
+    to 0: the int8 model would attend to padding. Integer arithmetic and one
+    cast leave the converter a single tensor with two values, which the
+    fixed-range fake-quant pins to int8 codes that represent both exactly.
+    """
+    penalty = int(round(-bert_layers.MASK_VALUE))
+    bias = tf.cast((tf.cast(mask, tf.int32) - 1) * penalty, dtype)
+    return tf.quantization.fake_quant_with_min_max_args(bias, min=-float(penalty), max=0.0, num_bits=8)
+
+
 def _masked_logits(scores, mask, scores_quantizer):
     """scores + additive mask, fake-quantized to the scores' range widened by MASK_MARGIN."""
-    bias = (1.0 - tf.cast(mask, scores.dtype)) * bert_layers.MASK_VALUE
-    logits = scores + bias[:, tf.newaxis, tf.newaxis, :]
+    logits = scores + _mask_bias(mask, scores.dtype)[:, tf.newaxis, tf.newaxis, :]
     ranges = scores_quantizer._post_activation_vars  # the scores' min / max variables
     low = tf.minimum(ranges["min_var"], 0.0) - MASK_MARGIN
     high = tf.maximum(ranges["max_var"], 0.0)

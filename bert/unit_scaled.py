@@ -2,9 +2,11 @@
 
 `build_encoder` swaps in these layers when the config asks for unit scaling:
 unit-scaled projections (Dense, or LowRank under a policy), a unit-variance
-word embedding whose tied MLM decoder is a unit-scaled matmul, unit-scaled
-attention, and τ-weighted residual adds. LayerNorm and GELU are unchanged (a
-unit-variance input keeps them near unit scale). Train it with
+word embedding whose tied MLM decoder is a unit-scaled matmul, a unit-scaled
+sum of the three embeddings, unit-scaled attention and FFN activation, and
+τ-weighted residual adds. LayerNorm is unchanged: its forward output is unit
+by construction, and its backward divides by its input's RMS, which the
+unit-scaled residual sums keep near 1 (BERT is post-LN). Train it with
 `build_pretrainer` from this module: its MLM and NSP losses use the
 unit-scaled softmax cross-entropy, whose gradient is O(1) per token.
 """
@@ -20,8 +22,13 @@ from bert.heads import BertPretrainer, build_pretraining_network
 from tfreparam import unit_scaling
 from tfreparam.unit_scaling import ops
 
-# Share of each residual sum's variance that comes from the branch (Blake et al. use τ ≈ 0.5 for BERT-like depth).
-RESIDUAL_TAU = 0.5
+# Share of each residual sum's variance that comes from the branch. Measured on a 12-layer, width-64
+# unit-scaled BERT at init (tests/training/test_unit_scaling.py): τ = 0.5 lets attention average token
+# representations into near-copies mid-stack (rank collapse), so the query/key gradients vanish and the
+# LayerNorm-output gradients sag to ~0.25; τ ≤ 0.2 keeps the tokens distinct but the skip path then
+# carries the gradient through 24 post-LN LayerNorms whose inputs sit below unit RMS, so it grows ~3×
+# towards the embeddings. τ = 0.3 keeps every LayerNorm-output gradient within about [0.6, 2].
+RESIDUAL_TAU = 0.3
 
 
 def projection(spec, in_features, units, **dense_kwargs):
@@ -35,6 +42,61 @@ def projection(spec, in_features, units, **dense_kwargs):
             f"{type(spec).__name__} for {dense_kwargs.get('name')!r}."
         )
     return unit_scaling.UnitScaledLowRankDense(units, **kwargs, **dense_kwargs)
+
+
+@keras.utils.register_keras_serializable(package="bert")
+class UnitScaledActivation(keras.layers.Layer):
+    """A BERT activation ("gelu", "gelu_tanh", "relu") with `ops.activation`'s unit scales."""
+
+    def __init__(self, activation, **kwargs):
+        super().__init__(**kwargs)
+        self.activation = activation
+        self._fn = keras.activations.get(bert_layers.activation(activation))
+
+    def call(self, inputs):
+        return ops.activation(inputs, self._fn, self.activation)
+
+    def get_config(self):
+        return {**super().get_config(), "activation": self.activation}
+
+
+@keras.utils.register_keras_serializable(package="bert")
+class EmbeddingSum(keras.layers.Layer):
+    """Word + type + position embeddings as `ops.add` (÷√3 forward; the broadcast position gradient ÷√batch)."""
+
+    def call(self, inputs):
+        return ops.add(inputs)
+
+
+@keras.utils.register_keras_serializable(package="bert")
+class ResidualSplit(keras.layers.Layer):
+    """Identity forward; the branch's gradient ×√τ on its way back to the split point.
+
+    With `ResidualAdd`'s forward-only weights this keeps the gradients inside
+    the branch at unit scale (Blake et al.'s residual_split / residual_add pair).
+    """
+
+    def __init__(self, tau, **kwargs):
+        super().__init__(**kwargs)
+        self.tau = float(tau)
+
+    def call(self, inputs):
+        return ops.scale_gradient(inputs, self.tau ** 0.5)
+
+    def get_config(self):
+        return {**super().get_config(), "tau": self.tau}
+
+
+def residual_split(name):
+    return ResidualSplit(RESIDUAL_TAU, name=name)
+
+
+def activation(name, layer_name):
+    return UnitScaledActivation(name, name=layer_name)
+
+
+def embedding_sum(name):
+    return EmbeddingSum(name=name)
 
 
 def residual_add(name):

@@ -127,6 +127,9 @@ def check_flags(f) -> dict:
     if bad:
         raise app.UsageError(f"--export takes {list(EXPORT_FORMATS)}; got unknown {bad}.")
     _require_modules(f.sparsity is not None or m_by_n is not None, f.qat, exports)
+    if f.qat:
+        raise app.UsageError("--qat is not wired into recipes.compress yet; quantize the saved "
+                             "compressed_encoder.keras with tfreparam.quantization.quantize_model instead.")
     try:
         from recipes import text_data
 
@@ -390,13 +393,29 @@ def run(settings: dict) -> dict:
     final_result = distilled.get(best_method) or results[best_method]
     final_model = model_of(best_method)
 
-    extra = {}
+    extra, final_key = {}, (distilled.get(best_method) or results[best_method])["_key"]
     if settings["sparsity"] is not None or settings["m_by_n"] is not None:
-        extra["prune"] = _optional_stage("prune")
-    if settings["qat"]:
-        extra["qat"] = _optional_stage("qat")
+        prune_settings = {k: settings[k] for k in ("sparsity", "m_by_n", "batch_size", "learning_rate", "seed")}
+        prune_settings["steps"] = max(settings["distill_steps"] // 4, 1)
+
+        def prune_fn(stage):
+            model, result = prune(settings, ctx, final_model, prune_settings["steps"])
+            save_model(model, stage.path("model.weights.h5"))
+            ctx["pruned"] = model
+            return result
+
+        extra["prune"] = pipe.run("prune", prune_fn, final_key, settings=prune_settings)
+        final_key = extra["prune"]["_key"]
+        if "pruned" not in ctx:  # finished earlier: same structure as the factorized model, pruned weights
+            final_model.load_weights(os.path.join(pipe.directory("prune"), "model.weights.h5"))
+        else:
+            final_model = ctx["pruned"]
+        final_result = extra["prune"]
     if settings["export"]:
-        extra["export"] = _optional_stage("export")
+        def export_fn(stage):
+            return export(settings, ctx, final_model, report_dir)
+
+        extra["export"] = pipe.run("export", export_fn, final_key, settings={"formats": settings["export"]})
 
     base = results[best_method]
     metrics = {
@@ -413,9 +432,9 @@ def run(settings: dict) -> dict:
         "nn_agreement_heldout": final_result["nn_agreement"],
         "output_error_svd": results["svd"]["output_error"] if "svd" in results else None,
         "output_error_whitened": results["whitened"]["output_error"] if "whitened" in results else None,
-        "tflite_int8_bytes": None,
-        "tflite_fp32_dense_bytes": None,
-        "int8_embedding_cosine": None,
+        "tflite_int8_bytes": extra.get("export", {}).get("tflite_int8_bytes"),
+        "tflite_fp32_dense_bytes": extra.get("export", {}).get("tflite_fp32_dense_bytes"),
+        "int8_embedding_cosine": extra.get("export", {}).get("int8_embedding_cosine"),
         "sentences": text_info["sentences"],
         "methods": {m: _summary(results[m], distilled.get(m)) for m in settings["methods"]},
         "distill_steps": settings["distill_steps"] if distilled else 0,
@@ -443,8 +462,72 @@ def _summary(factorized: dict, distilled: dict | None) -> dict:
     return summary
 
 
-def _optional_stage(name: str):
-    raise NotImplementedError(f"The {name} stage is not wired in yet.")
+def prune(settings, ctx, model, steps):
+    """Magnitude (or M:N) pruning of the compressed model while distilling; returns (stripped model, result)."""
+    import tf_keras as keras
+
+    from recipes import text_data
+    from tfreparam import distill, fidelity, sparsity
+
+    wrapped = sparsity.prune(model, target_sparsity=settings["sparsity"] or 0.0, schedule="constant",
+                             m_by_n=settings["m_by_n"], frequency=1, skip_unsupported=True)
+    data = text_data.training_dataset(ctx["preprocessor"], ctx["parts"]["train"], settings["batch_size"],
+                                      seed=settings["seed"])
+    distiller = distill.Distiller(wrapped, ctx["teacher"], hidden_weight=settings["hidden_weight"],
+                                  embedding_weight=settings["embedding_weight"])
+    distiller.compile(optimizer=keras.optimizers.Adam(settings["learning_rate"] / 2))
+    distiller.fit(data, epochs=1, steps_per_epoch=steps, verbose=2, callbacks=[sparsity.UpdatePruningStep()])
+    stripped = sparsity.strip(wrapped)
+    result = {"sparsity": settings["sparsity"], "m_by_n": settings["m_by_n"], "steps": steps}
+    result.update(fidelity.embedding_fidelity(ctx["reference"], fidelity.mean_pooled(stripped, ctx["heldout"])))
+    kernels = [w for w in stripped.weights if "kernel" in w.name or w.name.split("/")[-1].split(":")[0] in ("u", "v")]
+    total = sum(int(np.prod(w.shape)) for w in kernels)
+    result["zero_fraction"] = float(sum(int(np.sum(w.numpy() == 0)) for w in kernels) / max(total, 1))
+    return stripped, result
+
+
+def _padded(batches, seq_length):
+    """Batches padded back to `seq_length` (TFLite models have a fixed sequence length)."""
+    out = []
+    for b in batches:
+        pad = seq_length - b["input_mask"].shape[1]
+        out.append({k: np.pad(np.asarray(v), ((0, 0), (0, pad))).astype(np.int32) for k, v in b.items()})
+    return out
+
+
+def export(settings, ctx, model, report_dir):
+    """The artifacts of --export in `report_dir`, their sizes, and int8 fidelity vs the fp32 Keras model."""
+    from tfreparam import export as export_lib, fidelity
+
+    view, seq = encoder_view(model), settings["seq_length"]
+    result = {}
+    if "saved_model" in settings["export"]:
+        path = os.path.join(report_dir, "saved_model")
+        export_lib.saved_model(view, path, preprocessor=ctx["preprocessor"])
+        result["saved_model_bytes"] = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
+    if "tflite_int8" in settings["export"]:
+        path = os.path.join(report_dir, "model_int8.tflite")
+        representative = _padded(ctx["calibration"][:4], seq)
+        export_lib.tflite(view, path, mode="int8", representative_data=representative, seq_length=seq, check=False)
+        result["tflite_int8_bytes"] = os.path.getsize(path)
+        dense_path = os.path.join(report_dir, "stages", "export", "dense_fp32.tflite")
+        export_lib.tflite(encoder_view(ctx["encoder"]), dense_path, mode="fp32", seq_length=seq, check=False)
+        result["tflite_fp32_dense_bytes"] = os.path.getsize(dense_path)
+        os.remove(dense_path)  # only its size is reported
+        heldout = _padded(ctx["heldout"], seq)
+        int8 = []
+        for batch in heldout:
+            out = export_lib.run_artifact(path, batch)["sequence_output"]
+            mask = batch["input_mask"][..., None].astype(np.float64)
+            int8.append((out * mask).sum(1) / mask.sum(1))
+        keras_embeddings = fidelity.mean_pooled(view, heldout)
+        result["int8_embedding_cosine"] = fidelity.embedding_fidelity(keras_embeddings, np.concatenate(int8))["cosine"]
+        result["int8_size_ratio"] = result["tflite_int8_bytes"] / result["tflite_fp32_dense_bytes"]
+    if "onnx" in settings["export"]:
+        path = os.path.join(report_dir, "model.onnx")
+        export_lib.onnx(view, path)
+        result["onnx_bytes"] = os.path.getsize(path)
+    return result
 
 
 def main(argv):

@@ -25,8 +25,6 @@ sys.path[:] = [p for p in sys.path if p and os.path.realpath(p) != repo and "__e
 sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in getattr(f, "__module__", "") + repr(f)]
 sys.path_hooks[:] = [h for h in sys.path_hooks if "editable" not in getattr(h, "__module__", "") + repr(h)]
 sys.path_importer_cache.clear()
-for name in ("tfreparam", "bert", "tf_keras", "keras"):
-    sys.modules.pop(name, None)
 blocked = {}
 for name in ("tfreparam", "bert"):
     try:
@@ -46,8 +44,8 @@ for signature, names in config["signatures"].items():
     outputs = function(**{name: tf.constant(feeds[f"{signature}/{name}"]) for name in names})
     results.update({f"{signature}/{key}": value.numpy() for key, value in outputs.items()})
 np.savez(config["out"], **results)
-keras_loaded = [m for m in ("tfreparam", "bert", "tf_keras") if m in sys.modules]
-print(json.dumps({"blocked": blocked, "modules": keras_loaded, "signatures": sorted(loaded.signatures)}))
+project_modules = sorted(m for m in sys.modules if m.split(".")[0] in ("tfreparam", "bert"))
+print(json.dumps({"blocked": blocked, "modules": project_modules, "signatures": sorted(loaded.signatures)}))
 """
 
 

@@ -84,7 +84,7 @@ def preprocessor():
 @pytest.fixture(scope="module")
 def sentences():
     parts = corpus.split(corpus.stdlib_sentences(), {"calibration": 0.5, "heldout": 0.5})
-    return {"calibration": parts["calibration"][:48], "heldout": parts["heldout"][:6]}
+    return {"calibration": parts["calibration"][:16], "heldout": parts["heldout"][:6]}
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ import tensorflow_model_optimization as tfmot
 import tf_keras as keras
 
 from tfreparam import export
+from tfreparam.export.runners import TFLiteRunner
 from tfreparam.export.tflite import weight_buffers
 
 IN, UNITS = 64, 48
@@ -53,5 +54,10 @@ def test_qat_model_converts_to_int8_without_data(tmp_path):
     assert report.passed and report.tolerance.min_cosine == 0.99
     buffers = weight_buffers(path.read_bytes())
     assert any(b.dtype == np.int8 and b.size == IN * UNITS for b in buffers)
+    # int8 in and out; the parity check went through the file's scales.
+    runner = TFLiteRunner(str(path))
+    assert runner.input_details["x"]["dtype"] == np.int8
+    assert {d["dtype"] for d in runner.runner.get_output_details().values()} == {np.int8}
+    assert report.outputs["output_0"].cosine_min >= 0.99
     with pytest.raises(ValueError, match="quantization-aware .* mode='int8'"):
         export.tflite(qat, str(tmp_path / "q16.tflite"), mode="fp16", seq_length=None)

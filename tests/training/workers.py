@@ -64,6 +64,29 @@ def bert_classifier():
     return keras.Model(encoder.inputs, logits)
 
 
+PREDICTIONS = 2
+
+
+def pretraining_features(batch, seed=3):
+    rng = np.random.default_rng(seed)
+    features = bert_features(batch, seed)
+    features.update(
+        masked_lm_positions=rng.integers(0, SEQ, (batch, PREDICTIONS)).astype("int32"),
+        masked_lm_ids=rng.integers(0, VOCAB, (batch, PREDICTIONS)).astype("int32"),
+        masked_lm_weights=np.ones((batch, PREDICTIONS), "float32"),  # equal counts per replica: exact parity
+        next_sentence_labels=rng.integers(0, 2, (batch, 1)).astype("int32"),
+    )
+    return features
+
+
+def pretrainer_model():
+    import bert
+
+    pretrainer = bert.build_pretrainer(tiny_bert_config(), max_predictions_per_seq=PREDICTIONS)
+    pretrainer.network.set_weights(_seeded_weights(pretrainer.network, 7))
+    return pretrainer
+
+
 def _seeded_weights(model, seed):
     rng = np.random.default_rng(seed)
     return [rng.normal(0, 0.3, w.shape).astype("float32") for w in model.get_weights()]
@@ -111,6 +134,27 @@ def run_mirrored_and_dtensor(out_path):
             "max_weight_diff": max(float(np.abs(a - b).max()) for a, b in zip(weights_1, weights_2)),
             "max_weight_change": max(float(np.abs(a - b).max()) for a, b in zip(weights_1, _seeded_weights_like(weights_1))),
         }
+
+    # BertPretrainer's own train_step: its loss must be divided by the replica count.
+    features = pretraining_features(steps * global_batch)
+    runs = []
+    for strategy in (one, two):
+        with strategy.scope():
+            pretrainer = pretrainer_model()
+            pretrainer.compile(optimizer=keras.optimizers.SGD(0.5))
+        initial = pretrainer.get_weights()
+        history = pretrainer.fit(tf.data.Dataset.from_tensor_slices(features).batch(global_batch),
+                                 epochs=1, verbose=0)
+        runs.append((history.history["loss"], pretrainer.get_weights()))
+    (loss_1, weights_1), (loss_2, weights_2) = runs
+    results["mirrored"]["bert_pretrainer"] = {
+        "replicas": two.num_replicas_in_sync, "loss_one": loss_1, "loss_two": loss_2,
+        "max_weight_diff": max(float(np.abs(a - b).max()) for a, b in zip(weights_1, weights_2)),
+        "max_weight_change": max(float(np.abs(a - b).max()) for a, b in zip(weights_1, initial)),
+        # the same comparison for the update itself: the 2-replica step / the 1-replica step
+        "update_ratio": float(sum(np.abs(b - i).sum() for b, i in zip(weights_2, initial))
+                              / sum(np.abs(a - i).sum() for a, i in zip(weights_1, initial))),
+    }
 
     # DTensor: 2 (batch) x 2 (model) mesh; each factor / kernel of the layer under test is split
     # over "model" along its first even dimension.

@@ -93,7 +93,6 @@ def serving_fn(model: keras.Model, specs: dict) -> tf.types.experimental.Concret
 
 def positional_fn(model: keras.Model, specs: dict):
     """A `tf.function` with a positional input signature (tf2onnx's calling convention)."""
-    names = list(specs)
 
     @tf.function(input_signature=list(specs.values()))
     def serve(*args):

@@ -154,10 +154,13 @@ def _representative_fn(data, specs) -> Callable:
 
 
 def convert(model: keras.Model, mode: str = "fp32", representative_data=None, seq_length: int | None = 128,
-            batch_size: int | None = None) -> bytes:
+            batch_size: int | None = None, integer_io: bool | None = None) -> bytes:
     """The `.tflite` flatbuffer of `model` in `mode` (see the module docstring); builtin ops only.
 
     `seq_length` fixes unknown non-batch input axes (None: keep them dynamic).
+    `integer_io` (int8 only; default: True for quantization-aware models):
+    float inputs and outputs become int8 tensors with the file's scales
+    (integer inputs such as token ids stay as they are).
     """
     if mode not in MODES:
         raise ValueError(f"Unknown TFLite mode {mode!r}; expected one of {MODES}.")
@@ -194,6 +197,10 @@ def convert(model: keras.Model, mode: str = "fp32", representative_data=None, se
                 converter.target_spec.supported_ops = [
                     tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8,
                     tf.lite.OpsSet.TFLITE_BUILTINS]
+        if mode == "int8" and (qat if integer_io is None else integer_io):
+            if all(spec.dtype.is_floating for spec in specs.values()):
+                converter.inference_input_type = tf.int8
+            converter.inference_output_type = tf.int8
         try:
             with warnings.catch_warnings():
                 # The calibrator uses the deprecated tf.lite.Interpreter internally.
@@ -234,7 +241,8 @@ def _short(message: str, limit: int = 1500) -> str:
 
 def tflite(model: keras.Model, path: str, mode: str = "fp32", representative_data=None, seq_length: int = 128,
            sample_inputs: Optional[Mapping[str, np.ndarray]] = None, check: bool = True,
-           tolerance: Optional[parity.Tolerance] = None) -> parity.ParityReport | None:
+           tolerance: Optional[parity.Tolerance] = None,
+           integer_io: Optional[bool] = None) -> parity.ParityReport | None:
     """Writes `model` as a `.tflite` file at `path` and checks it against the Keras model.
 
     Args:
@@ -249,7 +257,10 @@ def tflite(model: keras.Model, path: str, mode: str = "fp32", representative_dat
       sample_inputs: inputs for the parity check (default: random valid
         inputs, batch 2).
       check: run `check_parity` and raise `ParityError` beyond `tolerance`
-        (default: the mode's).
+        (default: the mode's). The file is written either way.
+      integer_io: int8 only: int8 input/output tensors instead of float ones
+        (default: for quantization-aware models). The parity check quantizes
+        and dequantizes with the file's scales.
 
     Returns the `ParityReport` (None with check=False).
     """
@@ -257,7 +268,7 @@ def tflite(model: keras.Model, path: str, mode: str = "fp32", representative_dat
     if not path.endswith(".tflite"):
         raise ValueError(f"The TFLite path must end in .tflite; got {path!r}.")
     prepared = model_io.prepare(model)
-    flatbuffer = convert(prepared, mode, representative_data, seq_length)
+    flatbuffer = convert(prepared, mode, representative_data, seq_length, integer_io=integer_io)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "wb") as f:
         f.write(flatbuffer)

@@ -15,10 +15,10 @@ from tensorflow_model_optimization.python.core.quantization.keras import quantiz
 
 from tfreparam.layers.base import ReparameterizedDense
 from tfreparam.layers.lora import LoRADense
-from tfreparam.quantization import configs, plugins
+from tfreparam.quantization import configs, layer_norm, plugins
 
 _FACTORIES: dict[type, Callable] = {}
-_SERIALIZABLE: dict[str, object] = dict(configs.serializable_objects())
+_SERIALIZABLE: dict[str, object] = dict(configs.serializable_objects(), LayerNormQuantizeConfig=layer_norm.LayerNormQuantizeConfig)
 
 
 def register_quantize_config(layer_class: type, factory: Callable, custom_objects: dict | None = None) -> None:
@@ -64,13 +64,20 @@ def serializable_objects() -> dict:
     return dict(_SERIALIZABLE)
 
 
+def _layer_norm_config(layer):
+    # Last-axis LayerNorms are simulated op by op as TFLite runs them; others only get an output range.
+    if layer_norm.supports(layer):
+        return layer_norm.LayerNormQuantizeConfig()
+    return configs.OutputQuantizeConfig()
+
+
 # -- tfreparam's own layers and generic Keras layers TFMOT does not quantize --
 register_quantize_config(ReparameterizedDense, lambda layer: configs.ReparameterizedDenseQuantizeConfig())
 register_quantize_config(LoRADense, lambda layer: configs.LoRAQuantizeConfig())
 register_quantize_config(keras.layers.Dense, lambda layer: configs.DenseQuantizeConfig())
 register_quantize_config(keras.layers.Add, lambda layer: configs.OutputQuantizeConfig())
 register_quantize_config(keras.layers.Dropout, lambda layer: configs.NoOpQuantizeConfig())
-register_quantize_config(keras.layers.LayerNormalization, lambda layer: configs.OutputQuantizeConfig())
+register_quantize_config(keras.layers.LayerNormalization, _layer_norm_config)
 # TFMOT's Activation config rejects custom functions (e.g. tanh-approximated GELU).
 register_quantize_config(keras.layers.Activation, lambda layer: configs.OutputQuantizeConfig())
 register_quantize_config(keras.layers.Embedding, lambda layer: configs.WeightsQuantizeConfig(["embeddings"]))

@@ -13,11 +13,15 @@ Scales used here (N = rows of the batch, i.e. tokens):
   embedding lookup: forward ×1, table gradient ×√(vocab / N) (each row sums
     N/vocab token gradients on average).
   attention: scores q·kᵀ ÷√d (gradients ÷√S); context p·v unscaled forward
-    (see `attention` for why), gradient wrt p ×S/√d.
+    (see `attention` for why), gradient wrt p ×S/√(e·d).
   residual add: √(1-τ)·skip + √τ·branch; with these weights both the forward
     sum and the gradient summed at the branch point keep unit variance.
   softmax cross-entropy: the loss value is the ordinary mean; its gradient wrt
     the logits is (softmax - one_hot)·√vocab per example, not ÷ examples.
+  activation f (GELU, ReLU): forward ÷RMS(f(z)), input gradient ÷RMS(f'(z)),
+    for z ~ N(0, 1) (exact Gaussian moments, `ACTIVATION_MOMENTS`).
+  sum of n tensors: forward ÷√n; each input's gradient ×1, and ÷√k for an
+    input broadcast k times (its gradient is a sum of k terms).
 """
 
 from __future__ import annotations
@@ -101,18 +105,48 @@ def embedding(ids, table):
     return tf.gather(table, tf.cast(ids, tf.int32))
 
 
+# RMS of f(z) and of f'(z) for z ~ N(0, 1), by Gauss-Hermite quadrature (tests recompute them).
+ACTIVATION_MOMENTS = {
+    "gelu": (0.652090, 0.675167),
+    "gelu_tanh": (0.652069, 0.675143),
+    "relu": (math.sqrt(0.5), math.sqrt(0.5)),
+}
+
+
+def activation(x, fn, name):
+    """Unit-scaled elementwise `fn` (one of `ACTIVATION_MOMENTS`): unit RMS out and back for unit inputs."""
+    if name not in ACTIVATION_MOMENTS:
+        raise ValueError(f"No unit-scaling moments for activation {name!r}; known: {sorted(ACTIVATION_MOMENTS)}.")
+    out_rms, grad_rms = ACTIVATION_MOMENTS[name]
+    return scaled(fn(scale_gradient(x, 1.0 / grad_rms)), 1.0 / out_rms, 1.0)
+
+
+def add(tensors):
+    """Unit-scaled sum of n same-width tensors (broadcasting allowed), see the module doc."""
+    tensors = [tf.convert_to_tensor(t) for t in tensors]
+    if not tensors:
+        raise ValueError("add needs at least one tensor.")
+    shape = tf.shape(tensors[0])
+    for t in tensors[1:]:
+        shape = tf.broadcast_dynamic_shape(shape, tf.shape(t))
+    size = tf.cast(tf.reduce_prod(shape), tf.float32)
+    # An input broadcast k times gets a gradient summed over k copies: ÷√k keeps it unit.
+    inputs = [scale_gradient(t, tf.math.rsqrt(size / tf.cast(tf.size(t), tf.float32))) for t in tensors]
+    return scaled(tf.add_n([tf.broadcast_to(t, shape) for t in inputs]), 1.0 / math.sqrt(len(tensors)), 1.0)
+
+
 def residual_add(skip, residual, tau=0.5):
-    """√(1-τ)·skip + √τ·residual: unit variance forward and, at the branch point, backward.
+    """√(1-τ)·skip + √τ·residual forward; the residual's gradient is NOT scaled by √τ.
 
     τ is the share of the output variance that comes from the residual branch.
-    The plain chain rule already gives each input its weight's share of the
-    gradient, so no custom gradient is needed: the skip and branch gradients
-    (√(1-τ)·g and √τ·g) recombine at the split into unit variance.
+    The branch's √τ is forward-only, so the gradients inside the branch stay
+    unit; pair it with `scale_gradient(x, √τ)` where the branch leaves the skip
+    (Blake et al.'s residual split), so that the skip (√(1-τ)·g) and branch
+    (√τ·g') gradients recombine at the split into unit variance.
     """
     if not 0.0 < tau < 1.0:
         raise ValueError(f"Residual weight tau must be in (0, 1), got {tau}.")
-    return (tf.cast(math.sqrt(1.0 - tau), skip.dtype) * skip
-            + tf.cast(math.sqrt(tau), residual.dtype) * residual)
+    return tf.cast(math.sqrt(1.0 - tau), skip.dtype) * skip + scaled(residual, math.sqrt(tau), 1.0)
 
 
 def batched_matmul(a, b, transpose_b=False, forward_scale=1.0, grad_a_scale=1.0, grad_b_scale=1.0):
@@ -160,11 +194,13 @@ def attention(q, k, v, bias=None):
     # from the segment/position embeddings that attention averaging
     # reinforces), so the average of unit-variance values stays near unit scale;
     # the "independent values" rescaling ×√S would blow it up to ~√S instead.
-    # Backward: a softmax with weights ~1/S shrinks its gradient by ~S, so the
-    # gradient wrt the probabilities is ×S/√d (÷√d for the head_size-long sum).
+    # Backward: for unit-variance scores z the probabilities are e^z / (S·√e) on
+    # average, so RMS(p) = √e / S and the softmax Jacobian p ⊙ (dp - <p, dp>)
+    # shrinks its gradient by S/√e: the gradient wrt the probabilities is
+    # ×S/√(e·d) (÷√d for the head_size-long sum that forms it).
     context = batched_matmul(
         tf.cast(probs, v.dtype), v, forward_scale=1.0,
-        grad_a_scale=seq_k / math.sqrt(head_size), grad_b_scale=1.0,
+        grad_a_scale=seq_k / math.sqrt(math.e * head_size), grad_b_scale=1.0,
     )
     return context, probs
 
