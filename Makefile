@@ -41,6 +41,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.gemm
 	$(BIN)/python -m bench.bert_peers
 	$(BIN)/python -m bench.export
+	$(BIN)/python -m bench.train
 
 clean:
 	rm -rf $(VENV) reports .pytest_cache

@@ -282,7 +282,10 @@ def markdown_report(records, verdicts, machine) -> str:
         "",
         "`*`: other processes used more than "
         f"{FLAGS.max_foreign_load:.0%} of the CPU in every attempt (up to {FLAGS.max_attempts}); the least "
-        "disturbed attempt is shown." + (" **Some figures here were taken on a busy machine.**" if disturbed else ""),
+        "disturbed attempt is shown." + (
+            " **Some figures here were taken on a busy machine**: absolute seq/s and % of ceiling (the "
+            "ceiling is measured at another moment, so it can even pass 100 %) mean little; ratios between "
+            "neighbouring runs somewhat more." if disturbed else ""),
         "",
         "## Targets (ratios within this run)",
         "",

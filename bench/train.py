@@ -7,9 +7,9 @@ calls (tracing, XLA compilation) are untimed; the median of `--repeats`
 timed steps is kept. Each measurement records how much of the CPU other
 processes used meanwhile (`bench.common.LoadProbe`); a figure taken while
 others used more than `--max_foreign_load` of the machine is marked as taken
-under contention. `mixed_bfloat16` on a CPU without native bfloat16 matmuls
-is emulated and usually slower than float32; it is the TPU policy, and this
-run checks it compiles and trains here.
+under contention. `mixed_bfloat16` is the TPU policy; on a CPU its speed
+depends on the CPU's bfloat16 support (oneDNN uses AVX512-BF16/AMX where
+present, otherwise converts), so it may be faster or slower than float32.
 
 Run (from the repository root):
 

@@ -70,7 +70,19 @@ class _Builder:
         return name
 
     def layer_norm(self, name):
+        if self.config.unit_scaled:
+            from bert import unit_scaled
+
+            return self.layer(name, lambda n: unit_scaled.layer_norm(n, self.config.layer_norm_eps))
         return self.layer(name, lambda n: keras.layers.LayerNormalization(epsilon=self.config.layer_norm_eps, name=n))
+
+    def bias(self, name):
+        """The MLM output bias (unit-scaled gradient under unit scaling)."""
+        if self.config.unit_scaled:
+            from bert import unit_scaled
+
+            return unit_scaled.UnitScaledBias(name=name)
+        return bert_layers.Bias(name=name)
 
     def dropout(self, name, rate):
         return self.layer(name, lambda n: keras.layers.Dropout(rate, name=n))
@@ -103,15 +115,18 @@ def build_encoder(
     word_class = us.UnitScaledWordEmbedding if us else bert_layers.WordEmbedding
     word = word_class(c.vocab_size, c.embedding_width, init_range, name="embeddings/word")
     x = word(word_ids)
-    types = keras.layers.Embedding(
-        c.type_vocab_size, c.embedding_width,
-        embeddings_initializer=bert_layers.truncated_normal(init_range), name="embeddings/type",
-    )(type_ids)
+    if us:
+        types = us.UnitScaledTypeEmbedding(c.type_vocab_size, c.embedding_width, name="embeddings/type")(type_ids)
+    else:
+        types = keras.layers.Embedding(
+            c.type_vocab_size, c.embedding_width,
+            embeddings_initializer=bert_layers.truncated_normal(init_range), name="embeddings/type",
+        )(type_ids)
     positions = bert_layers.PositionEmbedding(
         c.max_position_embeddings, init_range, name="embeddings/position"
     )(x)
     x = (us.embedding_sum if us else _add)("embeddings/add")([x, types, positions])
-    x = keras.layers.LayerNormalization(epsilon=c.layer_norm_eps, name="embeddings/layer_norm")(x)
+    x = b.layer_norm("embeddings/layer_norm")(x)
     x = keras.layers.Dropout(c.hidden_dropout, name="embeddings/dropout")(x)
     if c.embedding_width != c.hidden_size:
         x = b.projection("embeddings/projection", c.embedding_width, c.hidden_size)(x)

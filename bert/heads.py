@@ -34,9 +34,9 @@ def build_pretraining_network(
     act = bert_layers.activation(config.activation)
     x = b.projection("mlm/transform", config.hidden_size, config.embedding_width)(x)
     x = keras.layers.Activation(act, name="mlm/activation")(x)
-    x = keras.layers.LayerNormalization(epsilon=config.layer_norm_eps, name="mlm/layer_norm")(x)
+    x = b.layer_norm("mlm/layer_norm")(x)
     logits = word_embedding_layer(encoder)(x, mode="attend")
-    logits = bert_layers.Bias(name="mlm/output_bias")(logits)
+    logits = b.bias("mlm/output_bias")(logits)
     nsp = b.projection("nsp/dense", config.hidden_size, 2)(pooled)
 
     outputs = dict(_outputs(encoder))

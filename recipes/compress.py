@@ -37,31 +37,43 @@ from absl import app, flags
 
 from recipes import pipeline as pipeline_lib
 
-FLAGS = flags.FLAGS
-flags.DEFINE_string("model", "minilm", "Hugging Face BERT directory (config.json + model.safetensors + vocab.txt) or 'minilm'.")
-flags.DEFINE_enum("policy", "lowrank", ["lowrank", "kronecker", "tt"], "Reparameterization family of the encoder projections.")
-flags.DEFINE_float("budget", 0.5, "Share of the encoder-projection kernel parameters to keep, in (0, 1].")
-flags.DEFINE_string("ranks", None, "Low-rank only: a fixed rank for every projection (int), instead of --budget.")
-flags.DEFINE_list("methods", ["svd", "whitened", "best"], "Low-rank factorizations to compare: svd, whitened, best.")
-flags.DEFINE_list("distill_methods", ["best"], "Methods to distil after factorizing (a subset of --methods; empty: none).")
-flags.DEFINE_string("train_files", None, "Comma-separated text files for calibration and distillation (default: built-in corpus).")
-flags.DEFINE_string("eval_files", None, "Comma-separated text files of held-out sentences (default: a held-out part of the training text).")
-flags.DEFINE_integer("calibration_sentences", 384, "Sentences for the calibration statistics.")
-flags.DEFINE_integer("heldout_sentences", 384, "Held-out sentences for the fidelity metrics.")
-flags.DEFINE_integer("sensitivity_sentences", 64, "Sentences on which per-layer sensitivity is measured (method best).")
-flags.DEFINE_integer("seq_length", 64, "Maximum tokens per sentence.")
-flags.DEFINE_integer("distill_steps", 600, "Distillation steps per distilled method (0: skip distillation).")
-flags.DEFINE_integer("batch_size", 32, "Distillation batch size.")
-flags.DEFINE_float("learning_rate", 1e-4, "Peak distillation learning rate (linear warm-up then decay).")
-flags.DEFINE_float("hidden_weight", 1.0, "Weight of the hidden-state MSE.")
-flags.DEFINE_float("attention_weight", 1.0, "Weight of the attention-probability MSE.")
-flags.DEFINE_float("embedding_weight", 10.0, "Weight of the sentence-embedding cosine distance.")
-flags.DEFINE_float("sparsity", None, "Prune the compressed model to this sparsity (tfreparam.sparsity).")
-flags.DEFINE_string("m_by_n", None, "Structured M:N sparsity, e.g. '2:4' (tfreparam.sparsity).")
-flags.DEFINE_bool("qat", False, "Quantization-aware training of the compressed model (tfreparam.quantization).")
-flags.DEFINE_list("export", [], "Artifacts to write: saved_model, tflite_int8, onnx (tfreparam.export).")
-flags.DEFINE_string("report_dir", "reports/demo", "Where report.md, metrics.json, plots and stage outputs go.")
-flags.DEFINE_integer("seed", 0, "Seed of the distillation data order and initialisation.")
+# Each recipe has its own flag set, so several recipes can be imported in one process (tests, sweep).
+FLAGS = flags.FlagValues()
+
+
+def _flag(kind, *args, **kwargs):
+    return getattr(flags, f"DEFINE_{kind}")(*args, flag_values=FLAGS, **kwargs)
+
+
+_flag("string", "model", "minilm", "Hugging Face BERT directory (config.json + model.safetensors + vocab.txt) or 'minilm'.")
+_flag("enum", "policy", "lowrank", ["lowrank", "kronecker", "tt"], "Reparameterization family of the encoder projections.")
+_flag("float", "budget", 0.5, "Share of the encoder-projection kernel parameters to keep, in (0, 1].")
+_flag("string", "ranks", None, "Low-rank only: a fixed rank for every projection (int), instead of --budget.")
+_flag("list", "methods", ["svd", "whitened", "best"], "Low-rank factorizations to compare: svd, whitened, best.")
+_flag("list", "distill_methods", ["best"], "Methods to distil after factorizing (a subset of --methods; empty: none).")
+_flag("string", "train_files", None, "Comma-separated text files for calibration and distillation (default: built-in corpus).")
+_flag("string", "eval_files", None, "Comma-separated text files of held-out sentences (default: a held-out part of the training text).")
+_flag("integer", "calibration_sentences", 384, "Sentences for the calibration statistics.")
+_flag("integer", "heldout_sentences", 384, "Held-out sentences for the fidelity metrics.")
+_flag("integer", "sensitivity_sentences", 64, "Sentences on which per-layer sensitivity is measured (method best).")
+_flag("integer", "seq_length", 64, "Maximum tokens per sentence.")
+_flag("integer", "distill_steps", 400, "Distillation steps per distilled method (0: skip distillation).")
+_flag("integer", "batch_size", 32, "Distillation batch size.")
+_flag("float", "learning_rate", 1e-4, "Peak distillation learning rate (linear warm-up then decay).")
+_flag("float", "hidden_weight", 1.0, "Weight of the hidden-state MSE.")
+_flag("float", "attention_weight", 1.0, "Weight of the attention-probability MSE.")
+_flag("float", "embedding_weight", 10.0, "Weight of the sentence-embedding cosine distance.")
+_flag("float", "sparsity", None, "Prune the compressed model to this sparsity (tfreparam.sparsity).")
+_flag("string", "m_by_n", None, "Structured M:N sparsity, e.g. '2:4' (tfreparam.sparsity).")
+_flag("bool", "qat", False, "Quantization-aware training of the compressed model (tfreparam.quantization).")
+_flag("integer", "qat_steps", 50, "Quantization-aware training steps with --qat.")
+_flag("list", "export", ["tflite_int8"], "Artifacts to write: saved_model, tflite_int8, onnx (tfreparam.export).")
+_flag("enum", "int8", "dynamic", ["dynamic", "full"],
+      "How model_int8.tflite is quantized: 'dynamic' (int8 weights, activations quantized at run time) or "
+      "'full' (fully-integer int8; with --qat from the trained ranges). Full-integer int8 loses much of "
+      "MiniLM's fidelity (per-tensor int8 cannot hold its residual-stream outliers; see README).")
+_flag("string", "report_dir", "reports/demo", "Where report.md, metrics.json, plots and stage outputs go.")
+_flag("integer", "seed", 0, "Seed of the distillation data order and initialisation.")
 
 PROJECTIONS = r"layer_\d+/(attention/(query|key|value|output)|ffn/(intermediate|output))"
 METHODS = ("svd", "whitened", "best")
@@ -127,9 +139,10 @@ def check_flags(f) -> dict:
     if bad:
         raise app.UsageError(f"--export takes {list(EXPORT_FORMATS)}; got unknown {bad}.")
     _require_modules(f.sparsity is not None or m_by_n is not None, f.qat, exports)
-    if f.qat:
-        raise app.UsageError("--qat is not wired into recipes.compress yet; quantize the saved "
-                             "compressed_encoder.keras with tfreparam.quantization.quantize_model instead.")
+    if f.qat_steps < 1:
+        raise app.UsageError(f"--qat_steps must be >= 1, got {f.qat_steps}.")
+    if f.qat and f.int8 != "full" and "tflite_int8" in exports:
+        raise app.UsageError("--qat trains int8 ranges for a fully-integer model: pass --int8=full with it.")
     try:
         from recipes import text_data
 
@@ -145,7 +158,7 @@ def check_flags(f) -> dict:
                 seq_length=f.seq_length, distill_steps=f.distill_steps, batch_size=f.batch_size,
                 learning_rate=f.learning_rate, hidden_weight=f.hidden_weight, attention_weight=f.attention_weight,
                 embedding_weight=f.embedding_weight, sparsity=f.sparsity, m_by_n=m_by_n, qat=f.qat,
-                export=exports, report_dir=f.report_dir, seed=f.seed)
+                qat_steps=f.qat_steps, int8=f.int8, export=exports, report_dir=f.report_dir, seed=f.seed)
 
 
 def _require_modules(prune: bool, qat: bool, exports) -> None:
@@ -411,6 +424,17 @@ def run(settings: dict) -> dict:
         else:
             final_model = ctx["pruned"]
         final_result = extra["prune"]
+    if settings["qat"]:
+        def qat_fn(stage):
+            ctx["qat"], result = quantization_aware(settings, ctx, final_model)
+            return result
+
+        # Not cached: a QAT model is rebuilt from the stage before it in seconds, and
+        # its fake-quant state does not round-trip through a weights file.
+        extra["qat"] = pipe.run("qat", qat_fn, final_key, settings={"steps": settings["qat_steps"]}, cache=False)
+        final_key = extra["qat"]["_key"]
+        final_model = ctx["qat"]
+        final_result = extra["qat"]
     if settings["export"]:
         def export_fn(stage):
             return export(settings, ctx, final_model, report_dir)
@@ -435,10 +459,15 @@ def run(settings: dict) -> dict:
         "tflite_int8_bytes": extra.get("export", {}).get("tflite_int8_bytes"),
         "tflite_fp32_dense_bytes": extra.get("export", {}).get("tflite_fp32_dense_bytes"),
         "int8_embedding_cosine": extra.get("export", {}).get("int8_embedding_cosine"),
+        "tflite_int8_mode": extra.get("export", {}).get("tflite_int8_mode"),
         "sentences": text_info["sentences"],
         "methods": {m: _summary(results[m], distilled.get(m)) for m in settings["methods"]},
         "distill_steps": settings["distill_steps"] if distilled else 0,
-        "stage_seconds": {k: round(v, 1) for k, v in pipe.timings.items()},
+        # Stages skipped in this run report the seconds they took when they ran.
+        "stage_seconds": {**{f"factorize/{m}": r.get("seconds") for m, r in results.items()},
+                          **{f"distill/{m}": r.get("seconds") for m, r in distilled.items()},
+                          **{k: r.get("seconds") for k, r in extra.items()},
+                          **{k: round(v, 1) for k, v in pipe.timings.items()}},
         "stages_skipped": list(pipe.skipped),
         **extra,
     }
@@ -486,6 +515,30 @@ def prune(settings, ctx, model, steps):
     return stripped, result
 
 
+def quantization_aware(settings, ctx, model):
+    """QAT of the compressed encoder, trained to match the original's hidden states; returns (model, result)."""
+    import tensorflow as tf
+    import tf_keras as keras
+
+    from recipes import text_data
+    from tfreparam import fidelity, quantization
+
+    pruned = settings["sparsity"] is not None or settings["m_by_n"] is not None
+    qat = quantization.quantize_model(encoder_view(model), scheme="pqat" if pruned else "default_8bit",
+                                      calibration_data=ctx["calibration"][:4])
+    data = text_data.training_dataset(ctx["preprocessor"], ctx["parts"]["train"], settings["batch_size"],
+                                      seed=settings["seed"])
+    teacher = encoder_view(ctx["teacher"])
+    targets = data.map(lambda x: (x, {"sequence_output": teacher(x, training=False)["sequence_output"]}))
+    qat.compile(optimizer=keras.optimizers.Adam(settings["learning_rate"] / 4),
+                loss={"sequence_output": "mse"})
+    qat.fit(targets, epochs=1, steps_per_epoch=settings["qat_steps"], verbose=2)
+    result = {"steps": settings["qat_steps"], "scheme": "pqat" if pruned else "default_8bit"}
+    result.update(fidelity.embedding_fidelity(ctx["reference"], fidelity.mean_pooled(qat, ctx["heldout"])))
+    del tf
+    return qat, result
+
+
 def _padded(batches, seq_length):
     """Batches padded back to `seq_length` (TFLite models have a fixed sequence length)."""
     out = []
@@ -508,7 +561,11 @@ def export(settings, ctx, model, report_dir):
     if "tflite_int8" in settings["export"]:
         path = os.path.join(report_dir, "model_int8.tflite")
         representative = _padded(ctx["calibration"][:4], seq)
-        export_lib.tflite(view, path, mode="int8", representative_data=representative, seq_length=seq, check=False)
+        # --int8=dynamic: int8 weights, activations quantized per batch at run time (faithful on MiniLM);
+        # --int8=full: fully-integer (calibrated, or from QAT ranges).
+        mode = "int8" if settings["int8"] == "full" else "dynamic"
+        export_lib.tflite(view, path, mode=mode, representative_data=representative, seq_length=seq, check=False)
+        result["tflite_int8_mode"] = settings["int8"]
         result["tflite_int8_bytes"] = os.path.getsize(path)
         dense_path = os.path.join(report_dir, "stages", "export", "dense_fp32.tflite")
         export_lib.tflite(encoder_view(ctx["encoder"]), dense_path, mode="fp32", seq_length=seq, check=False)
@@ -537,5 +594,13 @@ def main(argv):
     run(settings)
 
 
+def parse_flags(argv):
+    flags.FLAGS(argv[:1])  # absl's own flag set must count as parsed; every recipe flag lives in FLAGS
+    try:
+        return FLAGS(argv)
+    except flags.Error as error:
+        raise SystemExit(f"FATAL Flags parsing error: {error}") from None
+
+
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

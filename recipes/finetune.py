@@ -20,20 +20,27 @@ import os
 import numpy as np
 from absl import app, flags
 
-FLAGS = flags.FLAGS
-flags.DEFINE_string("train_file", None, "CSV / TSV / JSONL training examples.")
-flags.DEFINE_string("eval_file", None, "CSV / TSV / JSONL evaluation examples (default: 10 % of the training file).")
-flags.DEFINE_string("tfds", None, "A TFDS dataset name (e.g. glue/sst2) instead of files, if TFDS has it locally.")
-flags.DEFINE_list("text_fields", ["sentence"], "One text column, or two for sentence pairs.")
-flags.DEFINE_string("label_field", "label", "Label column.")
-flags.DEFINE_string("model", "minilm", "HF BERT directory, 'minilm', or a saved encoder (.keras, e.g. from recipes.compress).")
-flags.DEFINE_string("vocab", "minilm", "Tokenizer checkpoint directory (vocab.txt) or 'minilm'.")
-flags.DEFINE_integer("seq_length", 128, "Tokens per example.")
-flags.DEFINE_integer("batch_size", 32, "Batch size.")
-flags.DEFINE_integer("epochs", 3, "Epochs.")
-flags.DEFINE_float("learning_rate", 2e-5, "Peak learning rate (warm-up 10 %, linear decay).")
-flags.DEFINE_string("output_dir", "runs/finetune", "Where metrics.json and the fine-tuned weights go.")
-flags.DEFINE_integer("seed", 0, "Seed.")
+# Each recipe has its own flag set, so several recipes can be imported in one process (tests, sweep).
+FLAGS = flags.FlagValues()
+
+
+def _flag(kind, *args, **kwargs):
+    return getattr(flags, f"DEFINE_{kind}")(*args, flag_values=FLAGS, **kwargs)
+
+
+_flag("string", "train_file", None, "CSV / TSV / JSONL training examples.")
+_flag("string", "eval_file", None, "CSV / TSV / JSONL evaluation examples (default: 10 % of the training file).")
+_flag("string", "tfds", None, "A TFDS dataset name (e.g. glue/sst2) instead of files, if TFDS has it locally.")
+_flag("list", "text_fields", ["sentence"], "One text column, or two for sentence pairs.")
+_flag("string", "label_field", "label", "Label column.")
+_flag("string", "model", "minilm", "HF BERT directory, 'minilm', or a saved encoder (.keras, e.g. from recipes.compress).")
+_flag("string", "vocab", "minilm", "Tokenizer checkpoint directory (vocab.txt) or 'minilm'.")
+_flag("integer", "seq_length", 128, "Tokens per example.")
+_flag("integer", "batch_size", 32, "Batch size.")
+_flag("integer", "epochs", 3, "Epochs.")
+_flag("float", "learning_rate", 2e-5, "Peak learning rate (warm-up 10 %, linear decay).")
+_flag("string", "output_dir", "runs/finetune", "Where metrics.json and the fine-tuned weights go.")
+_flag("integer", "seed", 0, "Seed.")
 
 
 def read_examples(path: str, text_fields, label_field: str) -> tuple[list[tuple[str, ...]], list]:
@@ -196,5 +203,13 @@ def main(argv):
     run(check_flags(FLAGS))
 
 
+def parse_flags(argv):
+    flags.FLAGS(argv[:1])  # absl's own flag set must count as parsed; every recipe flag lives in FLAGS
+    try:
+        return FLAGS(argv)
+    except flags.Error as error:
+        raise SystemExit(f"FATAL Flags parsing error: {error}") from None
+
+
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -8,7 +8,7 @@ optimizer is BERT's: linear warm-up then linear decay, AdamW (or LAMB for
 large batches) with no weight decay on LayerNorm parameters and biases. The
 run directory gets `checkpoints/` (weights every epoch), `backup/`
 (`BackupAndRestore`: a restarted run resumes where it stopped), `logs/`
-(TensorBoard) and `final.weights.h5`.
+(TensorBoard, or `history.csv` without the tensorboard package) and `final.weights.h5`.
 """
 
 from __future__ import annotations
@@ -18,25 +18,32 @@ import os
 
 from absl import app, flags
 
-FLAGS = flags.FLAGS
-flags.DEFINE_string("train_files", None, "Comma-separated text files (documents separated by blank lines).")
-flags.DEFINE_string("config", "tiny", "A BertConfig JSON file or a named size (tiny, mini, small, minilm, base, large).")
-flags.DEFINE_string("vocab", "minilm", "WordPiece vocabulary: a vocab.txt, a checkpoint directory, or 'minilm'.")
-flags.DEFINE_integer("seq_length", 128, "Tokens per example.")
-flags.DEFINE_integer("max_predictions", 20, "Masked positions per example.")
-flags.DEFINE_integer("batch_size", 32, "Global batch size.")
-flags.DEFINE_integer("steps", 1000, "Training steps.")
-flags.DEFINE_integer("steps_per_epoch", 100, "Steps between checkpoints / log lines.")
-flags.DEFINE_integer("warmup_steps", None, "Linear warm-up steps (default: 10 % of --steps).")
-flags.DEFINE_float("learning_rate", 1e-4, "Peak learning rate.")
-flags.DEFINE_float("weight_decay", 0.01, "Decoupled weight decay (not on LayerNorm / bias).")
-flags.DEFINE_enum("optimizer", "adamw", ["adamw", "lamb"], "AdamW, or LAMB for large batches.")
-flags.DEFINE_string("strategy", "default", "default, one_device, mirrored or tpu (tfreparam.distribute).")
-flags.DEFINE_enum("precision", "float32", ["float32", "mixed_float16", "mixed_bfloat16"], "Mixed-precision policy.")
-flags.DEFINE_bool("unit_scaling", False, "Build a unit-scaled BERT (Blake et al. 2023).")
-flags.DEFINE_bool("jit_compile", False, "Compile the train step with XLA.")
-flags.DEFINE_string("model_dir", "runs/pretrain", "Checkpoints, backup and TensorBoard logs.")
-flags.DEFINE_integer("seed", 0, "Data and initialisation seed.")
+# Each recipe has its own flag set, so several recipes can be imported in one process (tests, sweep).
+FLAGS = flags.FlagValues()
+
+
+def _flag(kind, *args, **kwargs):
+    return getattr(flags, f"DEFINE_{kind}")(*args, flag_values=FLAGS, **kwargs)
+
+
+_flag("string", "train_files", None, "Comma-separated text files (documents separated by blank lines).")
+_flag("string", "config", "tiny", "A BertConfig JSON file or a named size (tiny, mini, small, minilm, base, large).")
+_flag("string", "vocab", "minilm", "WordPiece vocabulary: a vocab.txt, a checkpoint directory, or 'minilm'.")
+_flag("integer", "seq_length", 128, "Tokens per example.")
+_flag("integer", "max_predictions", 20, "Masked positions per example.")
+_flag("integer", "batch_size", 32, "Global batch size.")
+_flag("integer", "steps", 1000, "Training steps.")
+_flag("integer", "steps_per_epoch", 100, "Steps between checkpoints / log lines.")
+_flag("integer", "warmup_steps", None, "Linear warm-up steps (default: 10 % of --steps).")
+_flag("float", "learning_rate", 1e-4, "Peak learning rate.")
+_flag("float", "weight_decay", 0.01, "Decoupled weight decay (not on LayerNorm / bias).")
+_flag("enum", "optimizer", "adamw", ["adamw", "lamb"], "AdamW, or LAMB for large batches.")
+_flag("string", "strategy", "default", "default, one_device, mirrored or tpu (tfreparam.distribute).")
+_flag("enum", "precision", "float32", ["float32", "mixed_float16", "mixed_bfloat16"], "Mixed-precision policy.")
+_flag("bool", "unit_scaling", False, "Build a unit-scaled BERT (Blake et al. 2023).")
+_flag("bool", "jit_compile", False, "Compile the train step with XLA.")
+_flag("string", "model_dir", "runs/pretrain", "Checkpoints, backup and TensorBoard logs.")
+_flag("integer", "seed", 0, "Data and initialisation seed.")
 
 
 def resolve_config(value: str):
@@ -76,6 +83,19 @@ def make_strategy(name: str):
     if name == "mirrored":
         return tf.distribute.MirroredStrategy()
     raise ValueError(f"--strategy must be default, one_device or mirrored here; got {name!r}.")
+
+
+def _log_callback(log_dir: str):
+    """TensorBoard logs when the tensorboard package is installed, else a CSV of the same scalars."""
+    import tf_keras as keras
+
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        os.makedirs(log_dir, exist_ok=True)
+        print("[pretrain] tensorboard is not installed: logging to logs/history.csv instead", flush=True)
+        return keras.callbacks.CSVLogger(os.path.join(log_dir, "history.csv"), append=True)
+    return keras.callbacks.TensorBoard(log_dir, update_freq="epoch")
 
 
 def check_flags(f) -> dict:
@@ -135,8 +155,10 @@ def run(s: dict) -> dict:
             keras.callbacks.BackupAndRestore(os.path.join(model_dir, "backup")),
             keras.callbacks.ModelCheckpoint(os.path.join(model_dir, "checkpoints", "epoch_{epoch:04d}.weights.h5"),
                                             save_weights_only=True),
-            keras.callbacks.TensorBoard(os.path.join(model_dir, "logs"), update_freq="epoch"),
+            _log_callback(os.path.join(model_dir, "logs")),
         ]
+        features, _ = next(iter(data))
+        pretrainer(features, training=False)  # BackupAndRestore needs a built model
         epochs = -(-s["steps"] // s["steps_per_epoch"])
         history = pretrainer.fit(data, epochs=epochs, steps_per_epoch=s["steps_per_epoch"], callbacks=callbacks,
                                  verbose=2)
@@ -157,5 +179,13 @@ def main(argv):
     run(check_flags(FLAGS))
 
 
+def parse_flags(argv):
+    flags.FLAGS(argv[:1])  # absl's own flag set must count as parsed; every recipe flag lives in FLAGS
+    try:
+        return FLAGS(argv)
+    except flags.Error as error:
+        raise SystemExit(f"FATAL Flags parsing error: {error}") from None
+
+
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

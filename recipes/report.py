@@ -57,7 +57,7 @@ def write(report_dir: str, metrics: dict, layer_table: str, results: dict) -> st
     lines += ["## Stages", "", "| stage | seconds |", "|---|---:|"]
     lines += [f"| {name} | {seconds} |" for name, seconds in m["stage_seconds"].items()]
     if m.get("stages_skipped"):
-        lines += ["", f"Skipped (done in an earlier run): {', '.join(m['stages_skipped'])}."]
+        lines += ["", f"Skipped in this run (seconds are from the run that did them): {', '.join(m['stages_skipped'])}."]
     lines += ["", f"Total: {m['seconds_total']:.1f} s.", "", f"## Per layer ({_NAMES.get(m['best_method'], m['best_method'])})",
               "", layer_table, ""]
     text = "\n".join(lines)

@@ -17,8 +17,9 @@ from absl import app, flags
 
 from recipes import compress  # noqa: F401  defines the shared flags
 
-FLAGS = flags.FLAGS
-flags.DEFINE_list("budgets", ["0.25", "0.5", "0.75"], "Budgets to sweep (shares of projection parameters).")
+FLAGS = compress.FLAGS
+flags.DEFINE_list("budgets", ["0.25", "0.5", "0.75"], "Budgets to sweep (shares of projection parameters).",
+                  flag_values=FLAGS)
 
 
 def sweep(settings: dict, budgets) -> list[dict]:
@@ -66,5 +67,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    flags.FLAGS.set_default("report_dir", "reports/sweep")
-    app.run(main)
+    FLAGS.set_default("report_dir", "reports/sweep")
+    app.run(main, flags_parser=compress.parse_flags)

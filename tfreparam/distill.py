@@ -222,7 +222,9 @@ class Distiller(keras.Model):
             loss = terms["loss"] + tf.add_n([tf.cast(l, tf.float32) for l in self.student.losses] or [0.0])
             # Gradients are summed over replicas: scale like Keras' compiled losses.
             scaled = loss / tf.cast(tf.distribute.get_strategy().num_replicas_in_sync, tf.float32)
-        self.optimizer.minimize(scaled, self.student.trainable_variables, tape=tape)
+        grads_and_vars = self.optimizer.compute_gradients(scaled, self.student.trainable_variables, tape=tape)
+        # Parts of the student no loss term reads (e.g. the pooler) get no gradient: skip them quietly.
+        self.optimizer.apply_gradients([(g, v) for g, v in grads_and_vars if g is not None])
         terms["loss"] = loss
         return self._update(terms)
 

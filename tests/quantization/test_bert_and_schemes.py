@@ -44,7 +44,7 @@ def test_every_bert_layer_is_quantized(tiny):
 
     assert isinstance(wrapped["layer_0/attention/math"], AttentionMathQuantizeConfig)
     assert isinstance(wrapped["layer_0/ffn/intermediate"], tq.ReparameterizedDenseQuantizeConfig)
-    assert isinstance(wrapped["embeddings/layer_norm"], tq.OutputQuantizeConfig)
+    assert isinstance(wrapped["embeddings/layer_norm"], tq.LayerNormQuantizeConfig)
 
 
 def test_bert_qat_is_close_to_float_and_trains(tiny):
@@ -157,3 +157,35 @@ def test_unknown_layers_subclassed_and_nested_models_are_refused():
         tq.quantize_model(inner, scheme="int4")
     with pytest.raises(TypeError, match=r"tf_keras Layer subclass"):
         tq.register_quantize_config(object, lambda layer: None)
+
+
+def test_layer_norm_qat_matches_numpy_layer_norm():
+    """The L2-normalize decomposition equals LayerNorm up to the int8 rounding of its steps."""
+    rng = np.random.default_rng(3)
+    layer = keras.layers.LayerNormalization(epsilon=1e-6)
+    model = keras.Sequential([keras.Input((5, 64)), layer])
+    gamma, beta = rng.normal(1.0, 0.3, 64).astype("float32"), rng.normal(0.0, 0.3, 64).astype("float32")
+    layer.set_weights([gamma, beta])
+    x = (rng.normal(size=(8, 5, 64)) * rng.uniform(0.5, 3.0, (8, 5, 1))).astype("float32")
+    qat = tq.quantize_model(model, calibration_data=x)
+    assert isinstance(qat.layers[-1].quantize_config, tq.LayerNormQuantizeConfig)
+    centered = x - x.mean(-1, keepdims=True)
+    expected = centered / np.sqrt((centered ** 2).mean(-1, keepdims=True) + 1e-6) * gamma + beta
+    got = qat(x, training=False).numpy()
+    # 8-bit steps: the unit vector at 1/128 (entries ~1/8), the output at (range / 255).
+    assert np.abs(got - expected).max() < 0.25, np.abs(got - expected).max()
+    cosine = np.sum(got * expected, -1) / np.linalg.norm(got, axis=-1) / np.linalg.norm(expected, axis=-1)
+    assert cosine.min() > 0.995, cosine.min()
+
+
+def test_collaborative_schemes_refuse_only_layers_that_carry_structure():
+    inputs = keras.Input((4,), dtype="int32")
+    hidden = keras.layers.Embedding(50, 8, name="embedding")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(8)(hidden))
+    # An unpruned embedding has nothing to preserve: PQAT quantizes it plainly.
+    tq.quantize_model(model, scheme="pqat")
+    table = model.get_layer("embedding").get_weights()[0]
+    table[:, :4] = 0.0
+    model.get_layer("embedding").set_weights([table])
+    with pytest.raises(ValueError, match=r"'embedding'.*cannot be quantized with scheme='pqat'"):
+        tq.quantize_model(model, scheme="pqat")

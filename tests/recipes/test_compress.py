@@ -6,20 +6,19 @@ import os
 import numpy as np
 import pytest
 from absl import app
-from absl.testing import flagsaver
 
 from recipes import compress, pipeline
 
 FLAGS = compress.FLAGS
 SMALL = ["--calibration_sentences=48", "--heldout_sentences=32", "--sensitivity_sentences=8", "--distill_steps=3",
-         "--batch_size=8", "--seq_length=32", "--sparsity=0.5", "--export=tflite_int8"]
+         "--batch_size=8", "--seq_length=32", "--sparsity=0.5", "--qat", "--qat_steps=2", "--int8=full",
+         "--export=tflite_int8"]
 
 
 def _settings(*argv):
-    with flagsaver.flagsaver():
-        FLAGS.unparse_flags()
-        FLAGS(["compress", *argv])
-        return compress.check_flags(FLAGS)
+    FLAGS.unparse_flags()
+    FLAGS(["compress", *argv])
+    return compress.check_flags(FLAGS)
 
 
 @pytest.fixture(scope="module")
@@ -126,6 +125,7 @@ def files(tmp_path):
     (["--ranks=abc"], "--ranks must be one integer rank"),
     (["--policy=tt", "--ranks=8"], "--ranks applies to --policy=lowrank"),
     (["--heldout_sentences=1"], "--heldout_sentences must be >= 2"),
+    (["--qat", "--int8=dynamic"], "--qat trains int8 ranges for a fully-integer model"),
 ])
 def test_bad_flags_fail_before_any_work(files, argv, message):
     argv = [a.format(**files) for a in argv]
@@ -138,7 +138,28 @@ def test_prune_and_int8_export_stages(first_run):
     _, metrics, report_dir = first_run
     prune = metrics["prune"]
     assert prune["zero_fraction"] >= 0.45  # 50 % of every factor, give or take unprunable tiny weights
-    assert metrics["embedding_cosine_heldout"] == pytest.approx(prune["cosine"])
+    assert 0.0 < prune["cosine"] <= 1.0
     assert metrics["tflite_int8_bytes"] == os.path.getsize(os.path.join(report_dir, "model_int8.tflite"))
     assert metrics["tflite_int8_bytes"] < 0.5 * metrics["tflite_fp32_dense_bytes"]
     assert 0.5 < metrics["int8_embedding_cosine"] <= 1.0
+
+
+def test_qat_stage_keeps_the_zeros_and_exports_fully_integer(first_run):
+    from tfreparam.export.tflite import float_ops
+
+    _, metrics, report_dir = first_run
+    assert metrics["qat"]["scheme"] == "pqat" and metrics["qat"]["steps"] == 2
+    assert metrics["embedding_cosine_heldout"] == pytest.approx(metrics["qat"]["cosine"])
+    assert metrics["tflite_int8_mode"] == "full"
+    with open(os.path.join(report_dir, "model_int8.tflite"), "rb") as f:
+        assert set(float_ops(f.read())) <= {"CAST"}
+
+
+def test_command_line_reports_bad_flags_without_a_traceback():
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "recipes.compress", "--budget=1.5"], capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode != 0
+    assert "--budget must be in (0, 1], got 1.5" in result.stderr and "Traceback" not in result.stderr

@@ -6,7 +6,6 @@ import os
 import numpy as np
 import pytest
 from absl import app
-from absl.testing import flagsaver
 
 from recipes import finetune, optim, pretrain
 
@@ -14,10 +13,9 @@ SAMPLE = os.path.join(os.path.dirname(os.path.dirname(__file__)), "fixtures", "p
 
 
 def _parse(module, *argv):
-    with flagsaver.flagsaver():
-        module.FLAGS.unparse_flags()
-        module.FLAGS([module.__name__, *argv])
-        return module.check_flags(module.FLAGS)
+    module.FLAGS.unparse_flags()
+    module.FLAGS([module.__name__, *argv])
+    return module.check_flags(module.FLAGS)
 
 
 def test_pretrain_writes_checkpoints_backup_and_logs(tmp_path):
@@ -97,7 +95,7 @@ def test_finetune_on_sentence_pairs_from_a_compressed_or_pretrained_encoder(two_
 
 def test_finetune_bad_files(tmp_path, pairs):
     csv = tmp_path / "train.csv"
-    csv.write_text("text,label\nhello there,1\n")
+    csv.write_text("text,label\nhello there,1\nhi again,1\nand once more,1\n")
     with pytest.raises(app.UsageError, match=r"has no column\(s\) \['sentence'\]"):
         _parse(finetune, f"--train_file={csv}")
     with pytest.raises(app.UsageError, match="use a .csv, .tsv or .jsonl file"):

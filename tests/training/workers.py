@@ -142,10 +142,10 @@ def run_mirrored_and_dtensor(out_path):
         with strategy.scope():
             pretrainer = pretrainer_model()
             pretrainer.compile(optimizer=keras.optimizers.SGD(0.5))
-        initial = pretrainer.get_weights()
+        initial = pretrainer.network.get_weights()  # the pretrainer's own weights add its metric states
         history = pretrainer.fit(tf.data.Dataset.from_tensor_slices(features).batch(global_batch),
                                  epochs=1, verbose=0)
-        runs.append((history.history["loss"], pretrainer.get_weights()))
+        runs.append((history.history["loss"], pretrainer.network.get_weights()))
     (loss_1, weights_1), (loss_2, weights_2) = runs
     results["mirrored"]["bert_pretrainer"] = {
         "replicas": two.num_replicas_in_sync, "loss_one": loss_1, "loss_two": loss_2,

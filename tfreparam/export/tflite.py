@@ -172,6 +172,10 @@ def convert(model: keras.Model, mode: str = "fp32", representative_data=None, se
             f"mode='int8' (its trained ranges become the int8 scales); got mode={mode!r}."
         )
     needs_data = mode in ("int8", "int16x8") and not qat
+    # A QAT model given representative inputs converts fully-integer: trained
+    # fake-quant ranges are kept, tensors QAT leaves without ranges (LayerNorm
+    # statistics, mask arithmetic) are calibrated instead of staying float.
+    calibrate_qat = qat and mode == "int8" and representative_data is not None
     if needs_data and representative_data is None:
         raise ValueError(
             f"mode={mode!r} calibrates activation ranges and needs representative_data: dicts of input "
@@ -188,7 +192,7 @@ def convert(model: keras.Model, mode: str = "fp32", representative_data=None, se
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
         if mode == "fp16":
             converter.target_spec.supported_types = [tf.float16]
-        elif needs_data:
+        elif needs_data or calibrate_qat:
             converter.representative_dataset = _representative_fn(representative_data, specs)
             if mode == "int8":
                 converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
@@ -293,3 +297,19 @@ def representative_text_batches(preprocessor, sentences: Iterable[str], batch_si
         raise ValueError("representative_text_batches needs at least one sentence.")
     return [{name: value.numpy() for name, value in preprocessor(tf.constant(sentences[i:i + batch_size])).items()}
             for i in range(0, len(sentences), batch_size)]
+
+
+def float_ops(flatbuffer: bytes) -> dict[str, int]:
+    """Ops (name -> count) that read or write a float32 tensor, other than the edge QUANTIZE / DEQUANTIZE."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_content=flatbuffer)
+    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+    counts: dict[str, int] = {}
+    for op in interpreter._get_ops_details():
+        indices = [i for i in list(op["inputs"]) + list(op["outputs"]) if i >= 0]
+        if op["op_name"] in ("QUANTIZE", "DEQUANTIZE"):
+            continue
+        if any(tensors[i]["dtype"] == np.float32 for i in indices):
+            counts[op["op_name"]] = counts.get(op["op_name"], 0) + 1
+    return counts

@@ -21,6 +21,7 @@ _EXPORTS = {
     "quantize_scope": "apply",
     "unquantized_layers": "apply",
     "DenseQuantizeConfig": "configs",
+    "LayerNormQuantizeConfig": "layer_norm",
     "LoRAQuantizeConfig": "configs",
     "NoOpQuantizeConfig": "configs",
     "OutputQuantizeConfig": "configs",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 from tensorflow_model_optimization.python.core.quantization.keras import quantize as tfmot_quantize
@@ -85,6 +86,9 @@ def quantize_model(model: keras.Model, scheme: str = "default_8bit", calibration
             )
         if preserve is not None and layer.trainable_weights:
             if not getattr(config, "supports_preservation", False):
+                if not _has_structure(layer, preserve):
+                    # Nothing pruned or clustered here (e.g. embeddings): plain QAT loses nothing.
+                    return tfmot_quantize.quantize_annotate_layer(layer, config)
                 raise ValueError(
                     f"Layer '{layer.name}' ({type(layer).__name__}) cannot be quantized with scheme={scheme!r}: "
                     f"{_why_not_preserved(layer)} Use scheme='default_8bit', or exclude the layer."
@@ -190,6 +194,24 @@ def unquantized_layers(model: keras.Model) -> list[str]:
         if not isinstance(layer, (quantize_wrapper.QuantizeWrapper, keras.layers.InputLayer))
         and not isinstance(layer, tfmot_quantize_layer.QuantizeLayer)
     ]
+
+
+# A weight counts as pruned above this share of exact zeros, and as clustered at
+# or below this many distinct values (TFMOT clusters to at most 256).
+_PRUNED_ZERO_SHARE = 0.01
+_CLUSTERED_MAX_VALUES = 256
+
+
+def _has_structure(layer, preserve) -> bool:
+    """Whether a weight of `layer` carries the sparsity / clustering `preserve` asks to keep."""
+    for weight in layer.trainable_weights:
+        value = weight.numpy()
+        if preserve == quantizers.PRESERVE_SPARSITY and np.mean(value == 0) > _PRUNED_ZERO_SHARE:
+            return True
+        if (preserve == quantizers.PRESERVE_CLUSTERS and value.size > _CLUSTERED_MAX_VALUES
+                and np.unique(value).size <= _CLUSTERED_MAX_VALUES):
+            return True
+    return False
 
 
 def _why_not_preserved(layer) -> str:

@@ -1,24 +1,22 @@
-"""QAT of `keras.layers.LayerNormalization` as the integer ops the int8 TFLite model runs.
+"""QAT of `keras.layers.LayerNormalization` as integer ops the int8 TFLite model runs faithfully.
 
-The TFLite converter has no int8 LayerNorm kernel: it lowers the layer to
-MEAN, SQUARED_DIFFERENCE, RSQRT, MUL, SUB and ADD, each requantizing its
-output to int8. Left to the converter, those intermediates get ranges from
-the representative data only, SQUARED_DIFFERENCE forces the mean onto the
-input's (coarse) scale, and the `beta - mean * scale` branch is clipped --
-so the int8 model drifts from the QAT model it came from.
+The TFLite converter has no int8 LayerNorm kernel. Left to itself it lowers
+Keras' LayerNorm to MEAN, SQUARED_DIFFERENCE, RSQRT, MUL, SUB and ADD, each
+requantizing to int8 from representative-data ranges the QAT model never
+simulated: SQUARED_DIFFERENCE forces the mean onto the input's (coarse)
+scale, and an int8 variance cannot hold tokens whose variances differ by
+100x (MiniLM's outlier dimensions), so per-token scales drift.
 
-`LayerNormQuantizeConfig` replaces the layer's call by an explicit
-decomposition with a fake-quant after every step an int8 kernel requantizes:
+`LayerNormQuantizeConfig` replaces the call by
 
     mean     = fq(reduce_mean(x))
-    centered = fq(x - mean)                   SUB (its own scale, unlike SQUARED_DIFFERENCE)
-    variance = fq(reduce_mean(fq(centered²)))
-    inverse  = fq(rsqrt(max(variance, epsilon)))
-    normed   = fq(centered · inverse)
-    output   = fq(fq(normed · γ) + β)         γ, β: 8-bit weights
+    centered = fq(x - mean)                      SUB, with its own scale
+    unit     = fq_1/128(l2_normalize(centered))  L2_NORMALIZATION (int32 sum of squares inside;
+                                                 TFLite fixes its int8 output at scale 1/128)
+    output   = fq(fq(unit · sqrt(width)·γ) + β)  γ, β: constants the converter quantizes
 
-so QAT trains (and `calibrate` sets ranges) against the same rounding the
-int8 model applies, and the converter finds a range for every tensor.
+which equals LayerNorm (`(x - mean)/std = sqrt(width) · (x - mean)/‖x - mean‖`,
+epsilon aside) and converts op for op, with a range for every tensor.
 """
 
 from __future__ import annotations
@@ -28,12 +26,13 @@ import types
 import tensorflow as tf
 import tf_keras as keras
 from tensorflow_model_optimization.python.core.quantization.keras import quantize_config as tfmot_config
+from tensorflow_model_optimization.python.core.quantization.keras import quantizers as tfmot_quantizers
 
 from tfreparam.quantization import quantizers
 
 _LINEAR = keras.activations.linear
 # The requantized intermediates, in call order.
-POINTS = ("mean", "centered", "squared", "variance", "inverse", "normed", "scaled")
+POINTS = ("mean", "centered", "unit", "scaled")
 
 
 def supports(layer) -> bool:
@@ -51,21 +50,17 @@ class LayerNormQuantizeConfig(tfmot_config.QuantizeConfig):
     supports_preservation = False
 
     def get_weights_and_quantizers(self, layer):
-        weights = []
-        if layer.scale:
-            weights.append((layer.gamma, quantizers.weight_quantizer()))
-        if layer.center:
-            weights.append((layer.beta, quantizers.weight_quantizer()))
-        return weights
+        # γ and β are folded into per-channel MUL / ADD constants that the converter quantizes itself.
+        return []
 
     def get_activations_and_quantizers(self, layer):
-        return [(_LINEAR, quantizers.NamedQuantizer(quantizers.activation_quantizer(), f"layer_norm_{point}"))
-                for point in POINTS]
+        # TFLite's int8 L2_NORMALIZATION always outputs scale 1/128, zero point 0.
+        unit = tfmot_quantizers.FixedQuantizer(num_bits=8, init_min=-1.0, init_max=127.0 / 128.0, narrow_range=False)
+        return [(_LINEAR, quantizers.NamedQuantizer(unit if point == "unit" else quantizers.activation_quantizer(),
+                                                    f"layer_norm_{point}")) for point in POINTS]
 
     def set_quantize_weights(self, layer, quantize_weights):
-        weights = list(quantize_weights)
-        object.__setattr__(layer, "_tfreparam_gamma", weights.pop(0) if layer.scale else None)
-        object.__setattr__(layer, "_tfreparam_beta", weights.pop(0) if layer.center else None)
+        pass
 
     def set_quantize_activations(self, layer, quantize_activations):
         object.__setattr__(layer, "_tfreparam_points", dict(zip(POINTS, quantize_activations)))
@@ -86,14 +81,11 @@ def _quantized_layer_norm_call(layer, inputs):
     x = tf.convert_to_tensor(inputs)
     mean = fq["mean"](tf.reduce_mean(x, axis=-1, keepdims=True))
     centered = fq["centered"](x - mean)
-    squared = fq["squared"](centered * centered)
-    variance = fq["variance"](tf.reduce_mean(squared, axis=-1, keepdims=True))
-    # MAXIMUM keeps the variance's scale (an ADD of epsilon would need a range of its own); in int8 the
-    # epsilon rounds to 0 and a zero variance saturates the inverse, as the fake-quant does here.
-    inverse = fq["inverse"](tf.math.rsqrt(tf.maximum(variance, layer.epsilon)))
-    y = fq["normed"](centered * inverse)
-    if layer._tfreparam_gamma is not None:
-        y = fq["scaled"](y * layer._tfreparam_gamma)
-    if layer._tfreparam_beta is not None:
-        y = y + layer._tfreparam_beta
+    # (x - mean) / std = sqrt(width) * l2_normalize(x - mean); epsilon is below int8 resolution.
+    unit = fq["unit"](tf.math.l2_normalize(centered, axis=-1, epsilon=layer.epsilon))
+    width = tf.cast(tf.shape(x)[-1], x.dtype)
+    gain = tf.sqrt(width) * (layer.gamma if layer.scale else 1.0)
+    y = fq["scaled"](unit * gain)
+    if layer.center:
+        y = y + layer.beta
     return y

@@ -18,7 +18,8 @@ from tfreparam.layers.lora import LoRADense
 from tfreparam.quantization import configs, layer_norm, plugins
 
 _FACTORIES: dict[type, Callable] = {}
-_SERIALIZABLE: dict[str, object] = dict(configs.serializable_objects(), LayerNormQuantizeConfig=layer_norm.LayerNormQuantizeConfig)
+_SERIALIZABLE: dict[str, object] = dict(
+    configs.serializable_objects(), LayerNormQuantizeConfig=layer_norm.LayerNormQuantizeConfig)
 
 
 def register_quantize_config(layer_class: type, factory: Callable, custom_objects: dict | None = None) -> None:
