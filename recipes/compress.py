@@ -35,7 +35,7 @@ import time
 import numpy as np
 from absl import app, flags
 
-from recipes import pipeline as pipeline_lib
+from recipes import cli, pipeline as pipeline_lib
 
 # Each recipe has its own flag set, so several recipes can be imported in one process (tests, sweep).
 FLAGS = flags.FlagValues()
@@ -587,19 +587,8 @@ def export(settings, ctx, model, report_dir):
     return result
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}.")
-    settings = check_flags(FLAGS)
-    run(settings)
-
-
-def parse_flags(argv):
-    flags.FLAGS(argv[:1])  # absl's own flag set must count as parsed; every recipe flag lives in FLAGS
-    try:
-        return FLAGS(argv)
-    except flags.Error as error:
-        raise SystemExit(f"FATAL Flags parsing error: {error}") from None
+main = cli.main(FLAGS, check_flags, run)
+parse_flags = cli.flags_parser(FLAGS)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,8 @@ import os
 
 from absl import app, flags
 
+from recipes import cli
+
 # Each recipe has its own flag set, so several recipes can be imported in one process (tests, sweep).
 FLAGS = flags.FlagValues()
 
@@ -173,18 +175,8 @@ def run(s: dict) -> dict:
         keras.mixed_precision.set_global_policy(previous)
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}.")
-    run(check_flags(FLAGS))
-
-
-def parse_flags(argv):
-    flags.FLAGS(argv[:1])  # absl's own flag set must count as parsed; every recipe flag lives in FLAGS
-    try:
-        return FLAGS(argv)
-    except flags.Error as error:
-        raise SystemExit(f"FATAL Flags parsing error: {error}") from None
+main = cli.main(FLAGS, check_flags, run)
+parse_flags = cli.flags_parser(FLAGS)
 
 
 if __name__ == "__main__":

@@ -185,11 +185,15 @@ class ContractionPlan:
 
     # -- execution --------------------------------------------------------
 
-    def __call__(self, x: tf.Tensor, factors: Sequence[tf.Tensor]) -> tf.Tensor:
-        """Applies the plan to `x` of shape (N, prod(input_shape))."""
+    def __call__(self, x: tf.Tensor, factors: Sequence[tf.Tensor], between=None) -> tf.Tensor:
+        """Applies the plan to `x` of shape (N, prod(input_shape)).
+
+        `between`: optional callables, one per step but the last, each applied
+        to the running activation after its step (QAT puts fake-quants there).
+        """
         state_labels = (BATCH,) + self.input_labels
         state = x
-        for step in self.steps:
+        for index, step in enumerate(self.steps):
             op = self.operands[step.operand]
             target = step.batch + step.kept + step.contracted
             state = _permute(state, state_labels, target, self.sizes)
@@ -207,6 +211,8 @@ class ContractionPlan:
                 state = tf.matmul(tf.reshape(state, (b, m, k)), tf.reshape(factor, (b, k, width)))
             else:
                 state = tf.matmul(tf.reshape(state, (m, k)), tf.reshape(factor, (k, width)))
+            if between is not None and index < len(self.steps) - 1:
+                state = between[index](state)
             state_labels = self._labels_after_step(step)
         state = _permute(state, state_labels, (BATCH,) + self.output_labels, self.sizes)
         return tf.reshape(state, (-1, _prod(self.sizes[label] for label in self.output_labels)))

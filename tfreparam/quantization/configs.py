@@ -5,7 +5,7 @@ per-tensor symmetric fake-quant, the running activation gets an 8-bit fake-quant
 after every contraction step but the last (so the int8 TFLite model keeps the
 factors as separate int8 weights and runs an integer matmul for each), and the
 output is quantized after the activation, like TFMOT's `Dense`. The layer's
-own contraction plan is replayed with these fake-quants inserted
+own contraction plan runs with these fake-quants passed as its `between` hooks
 (`_quantized_apply_factors`); the wrapped layer's variables are untouched.
 
 `LoRADense` is quantized as what it deploys to: its merged kernel
@@ -24,7 +24,6 @@ import tf_keras as keras
 from tensorflow_model_optimization.python.core.quantization.keras import quantize_config as tfmot_config
 
 from tfreparam.layers.base import ReparameterizedDense
-from tfreparam.layers.contraction import BATCH, _permute, _prod
 from tfreparam.layers.lora import LoRADense, _base_kernel
 from tfreparam.quantization import quantizers
 
@@ -122,30 +121,8 @@ class ReparameterizedDenseQuantizeConfig(_PreservingConfig):
 
 
 def _quantized_apply_factors(layer, x):
-    """`ContractionPlan.__call__` with fake-quantized factors and a fake-quant after each inner step."""
-    plan = layer._plan
-    factors = layer._tfreparam_quantized_factors
-    between = layer._tfreparam_between_quantizers
-    state_labels = (BATCH,) + plan.input_labels
-    state = x
-    for index, step in enumerate(plan.steps):
-        op = plan.operands[step.operand]
-        state = _permute(state, state_labels, step.batch + step.kept + step.contracted, plan.sizes)
-        k = _prod(plan.sizes[label] for label in step.contracted)
-        b = _prod(plan.sizes[label] for label in step.batch)
-        width = _prod(plan.sizes[label] for label in step.new)
-        factor = _permute(
-            tf.reshape(factors[step.operand], op.shape), op.labels, step.batch + step.contracted + step.new, plan.sizes
-        )
-        if step.batch:
-            state = tf.matmul(tf.reshape(state, (b, -1, k)), tf.reshape(factor, (b, k, width)))
-        else:
-            state = tf.matmul(tf.reshape(state, (-1, k)), tf.reshape(factor, (k, width)))
-        if index < len(plan.steps) - 1:
-            state = between[index](state)
-        state_labels = plan._labels_after_step(step)
-    state = _permute(state, state_labels, (BATCH,) + plan.output_labels, plan.sizes)
-    return tf.reshape(state, (-1, _prod(plan.sizes[label] for label in plan.output_labels)))
+    """The layer's contraction plan on fake-quantized factors, with a fake-quant after each inner step."""
+    return layer._plan(x, layer._tfreparam_quantized_factors, between=layer._tfreparam_between_quantizers)
 
 
 @keras.utils.register_keras_serializable(package="tfreparam")
