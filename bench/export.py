@@ -2,7 +2,7 @@
 
 What it measures, for the bundled all-MiniLM-L6-v2 encoder (seq 128):
   * SavedModel (run with `tf.saved_model.load`), TFLite fp32 / fp16 / dynamic-range /
-    full-integer int8 (run with the LiteRT interpreter of `ai-edge-litert`), and ONNX
+    full-integer int8 and int16x8 (run with the LiteRT interpreter of `ai-edge-litert`), and ONNX
     (tf2onnx, run with onnxruntime) -- and the TFLite fp32 / int8 files of the same
     encoder with every projection a 50 %-parameter `LowRankDense` (truncated SVD);
   * the peer: the PyTorch `transformers` MiniLM exported with `torch.onnx` and run
@@ -41,7 +41,7 @@ from bench import common
 from bench.peers import runner
 
 FLAGS = flags.FLAGS
-FORMATS = ("saved_model", "tflite_fp32", "tflite_fp16", "tflite_dynamic", "tflite_int8", "onnx")
+FORMATS = ("saved_model", "tflite_fp32", "tflite_fp16", "tflite_dynamic", "tflite_int8", "tflite_int16x8", "onnx")
 flags.DEFINE_list("formats", list(FORMATS), f"Formats of our encoder, of {FORMATS}.")
 flags.DEFINE_bool("lowrank", True, "Also export the 50 %-parameter low-rank encoder (TFLite fp32 and int8).")
 flags.DEFINE_bool("peer", True, "Also run the PyTorch -> ONNX -> onnxruntime peer (needs the torch venv).")
@@ -161,7 +161,7 @@ def export_model(model, fmt, path, calibration, sample_inputs):
             else:
                 mode = fmt.split("_", 1)[1]
                 project.tflite(model, path, mode=mode, seq_length=FLAGS.seq, sample_inputs=sample_inputs,
-                               representative_data=calibration if mode == "int8" else None)
+                               representative_data=calibration if mode in ("int8", "int16x8") else None)
             return "tfreparam.export"
         except project.ParityError as error:
             # Still worth timing (the speed target), but flagged: the file is written again
@@ -170,7 +170,7 @@ def export_model(model, fmt, path, calibration, sample_inputs):
             if fmt.startswith("tflite"):
                 mode = fmt.split("_", 1)[1]
                 project.tflite(model, path, mode=mode, seq_length=FLAGS.seq, check=False,
-                               representative_data=calibration if mode == "int8" else None)
+                               representative_data=calibration if mode in ("int8", "int16x8") else None)
                 return "tfreparam.export (FAILED its parity check; timed anyway)"
             raise
         except (TypeError, AttributeError, NotImplementedError) as error:
@@ -200,10 +200,11 @@ def _plain_export(model, fmt, path, calibration):
         converter.target_spec.supported_types = [tf.float16]
     elif mode == "dynamic":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    elif mode == "int8":
+    elif mode in ("int8", "int16x8"):
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = lambda: ([x[name] for name in INPUT_NAMES] for x in calibration)
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8 if mode == "int8" else
+                                               tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
     with open(path, "wb") as f:
         f.write(converter.convert())
 

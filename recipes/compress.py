@@ -68,10 +68,11 @@ _flag("string", "m_by_n", None, "Structured M:N sparsity, e.g. '2:4' (tfreparam.
 _flag("bool", "qat", False, "Quantization-aware training of the compressed model (tfreparam.quantization).")
 _flag("integer", "qat_steps", 50, "Quantization-aware training steps with --qat.")
 _flag("list", "export", ["tflite_int8"], "Artifacts to write: saved_model, tflite_int8, onnx (tfreparam.export).")
-_flag("enum", "int8", "dynamic", ["dynamic", "full"],
-      "How model_int8.tflite is quantized: 'dynamic' (int8 weights, activations quantized at run time) or "
-      "'full' (fully-integer int8; with --qat from the trained ranges). Full-integer int8 loses much of "
-      "MiniLM's fidelity (per-tensor int8 cannot hold its residual-stream outliers; see README).")
+_flag("enum", "int8", "dynamic", ["dynamic", "full", "int16x8"],
+      "How model_int8.tflite is quantized: 'dynamic' (int8 weights, activations quantized at run time), "
+      "'full' (fully-integer int8; with --qat from the trained ranges) or 'int16x8' (fully integer, int8 "
+      "weights, int16 activations, calibrated). Full-integer int8 loses much of MiniLM's fidelity (per-tensor "
+      "int8 cannot hold its residual-stream outliers; see README); int16x8 keeps it.")
 _flag("string", "report_dir", "reports/demo", "Where report.md, metrics.json, plots and stage outputs go.")
 _flag("integer", "seed", 0, "Seed of the distillation data order and initialisation.")
 
@@ -562,8 +563,8 @@ def export(settings, ctx, model, report_dir):
         path = os.path.join(report_dir, "model_int8.tflite")
         representative = _padded(ctx["calibration"][:4], seq)
         # --int8=dynamic: int8 weights, activations quantized per batch at run time (faithful on MiniLM);
-        # --int8=full: fully-integer (calibrated, or from QAT ranges).
-        mode = "int8" if settings["int8"] == "full" else "dynamic"
+        # --int8=full: fully-integer (calibrated, or from QAT ranges); int16x8: fully integer, 16-bit activations.
+        mode = {"full": "int8", "dynamic": "dynamic", "int16x8": "int16x8"}[settings["int8"]]
         export_lib.tflite(view, path, mode=mode, representative_data=representative, seq_length=seq, check=False)
         result["tflite_int8_mode"] = settings["int8"]
         result["tflite_int8_bytes"] = os.path.getsize(path)

@@ -71,6 +71,9 @@ class Lamb(keras.optimizers.Optimizer):
         step = tf.cast(self.iterations + 1, variable.dtype)
         index = self._index_dict[self._var_key(variable)]
         m, v = self._m[index], self._v[index]
+        if isinstance(gradient, tf.IndexedSlices):
+            # Embedding gradients: every row's moments decay each step, and the trust ratio is per tensor.
+            gradient = tf.convert_to_tensor(gradient)
         m.assign(self.beta_1 * m + (1 - self.beta_1) * gradient)
         v.assign(self.beta_2 * v + (1 - self.beta_2) * tf.square(gradient))
         m_hat = m / (1 - tf.pow(tf.cast(self.beta_1, variable.dtype), step))

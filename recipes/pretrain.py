@@ -166,7 +166,10 @@ def run(s: dict) -> dict:
                                  verbose=2)
         pretrainer.network.save_weights(os.path.join(model_dir, "final.weights.h5"))
         metrics = {k: float(v[-1]) for k, v in history.history.items()}
-        metrics.update(steps=epochs * s["steps_per_epoch"], config=s["config"].to_dict())
+        # What actually ran (the strategy's replicas, the dtype the projections computed in).
+        compute_dtypes = sorted({layer.compute_dtype for layer in pretrainer.network.layers if layer.weights})
+        metrics.update(steps=epochs * s["steps_per_epoch"], config=s["config"].to_dict(),
+                       replicas=strategy.num_replicas_in_sync, compute_dtypes=compute_dtypes)
         with open(os.path.join(model_dir, "metrics.json"), "w") as f:
             json.dump(metrics, f, indent=2)
         print(f"[pretrain] done: {metrics}; weights in {os.path.abspath(model_dir)}", flush=True)

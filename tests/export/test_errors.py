@@ -90,9 +90,13 @@ def test_not_a_keras_model(tmp_path):
 
 
 def test_int16x8_refuses_ops_the_runtime_cannot_run(tmp_path):
-    """LayerNormalization's SQUARED_DIFFERENCE has no int16 kernel in LiteRT: a clear error, not an abort."""
+    """SQUARED_DIFFERENCE has no int16 kernel in LiteRT: a clear error, not an abort.
+
+    A last-axis LayerNorm is rewritten without it (tests/export/test_int16_layer_norm.py);
+    one over another axis keeps Keras' lowering and must be refused.
+    """
     inputs = keras.Input((5, 8), name="x")
-    model = keras.Model(inputs, keras.layers.LayerNormalization()(keras.layers.Dense(8)(inputs)))
+    model = keras.Model(inputs, keras.layers.LayerNormalization(axis=1)(keras.layers.Dense(8)(inputs)))
     data = {"x": np.random.default_rng(0).normal(size=(8, 5, 8)).astype("float32")}
     with pytest.raises(ValueError, match=r"int16x8 quantized \['SQUARED_DIFFERENCE'\].*mode='dynamic'"):
         export.tflite(model, str(tmp_path / "m.tflite"), mode="int16x8", representative_data=data, seq_length=None)

@@ -30,6 +30,24 @@ def test_pretrain_writes_checkpoints_backup_and_logs(tmp_path):
     assert json.loads((tmp_path / "metrics.json").read_text())["config"]["hidden_size"] == 128
 
 
+@pytest.mark.parametrize("argv, replicas, dtypes", [
+    (["--unit_scaling"], 1, ["float32"]),
+    (["--strategy=mirrored", "--precision=mixed_bfloat16", "--optimizer=lamb"], 1, ["bfloat16"]),
+    (["--jit_compile", "--precision=mixed_float16"], 1, ["float16"]),
+])
+def test_pretrain_scale_flags(argv, replicas, dtypes, tmp_path):
+    """--unit_scaling / --strategy / --precision / --optimizer / --jit_compile reach the model and train."""
+    settings = _parse(pretrain, f"--train_files={SAMPLE}", "--config=tiny", "--seq_length=32",
+                      "--max_predictions=5", "--batch_size=4", "--steps=2", "--steps_per_epoch=2",
+                      f"--model_dir={tmp_path}", *argv)
+    metrics = pretrain.run(settings)
+    assert np.isfinite(metrics["loss"]), metrics
+    assert metrics["replicas"] == replicas
+    # Under a mixed policy every layer with weights computes in 16 bits (their variables stay float32).
+    assert metrics["compute_dtypes"] == dtypes
+    assert metrics["config"]["unit_scaled"] == ("--unit_scaling" in argv)
+
+
 @pytest.mark.parametrize("argv, message", [
     ([], "--train_files is required"),
     ([f"--train_files={SAMPLE}", "--config=gigantic"], "Unknown BERT size 'gigantic'"),
@@ -46,6 +64,39 @@ def test_warmup_linear_decay_schedule_values():
     values = [float(schedule(step)) for step in range(12)]
     np.testing.assert_allclose(values, [0.25, 0.5, 0.75, 1.0, 1.0, 5 / 6, 4 / 6, 3 / 6, 2 / 6, 1 / 6, 0.0, 0.0],
                                atol=1e-6)
+
+
+def _numpy_lamb(w, grads, lr, b1=0.9, b2=0.999, eps=1e-6, decay=0.01):
+    """LAMB (You et al. 2020, Algorithm 2) with the per-tensor trust ratio ||w|| / ||update||."""
+    m, v = np.zeros_like(w), np.zeros_like(w)
+    for t, g in enumerate(grads, start=1):
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        update = (m / (1 - b1 ** t)) / (np.sqrt(v / (1 - b2 ** t)) + eps) + decay * w
+        w = w - lr * np.linalg.norm(w) / np.linalg.norm(update) * update
+    return w
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_lamb_matches_numpy(sparse):
+    """Two steps against a numpy LAMB; embedding-style IndexedSlices gradients act like their dense form."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    w0 = rng.normal(size=(6, 3))
+    grads = [rng.normal(size=(6, 3)) for _ in range(2)]
+    if sparse:  # rows 1 and 4 only
+        for g in grads:
+            g[[0, 2, 3, 5]] = 0.0
+    variable = tf.Variable(w0.astype("float32"))
+    optimizer = optim.Lamb(learning_rate=0.1, weight_decay_rate=0.01)
+    for g in grads:
+        gradient = tf.constant(g.astype("float32"))
+        if sparse:
+            rows = tf.constant([1, 4])
+            gradient = tf.IndexedSlices(tf.gather(gradient, rows), rows, tf.constant([6, 3]))
+        optimizer.apply_gradients([(gradient, variable)])
+    np.testing.assert_allclose(variable.numpy(), _numpy_lamb(w0, grads, lr=0.1), rtol=1e-5, atol=1e-6)
 
 
 def test_weight_decay_skips_layer_norm_and_bias():

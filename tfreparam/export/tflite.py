@@ -13,7 +13,11 @@ Modes:
   int8     full integer: int8 weights and activations, calibrated on
            `representative_data` (a TFMOT quantization-aware model needs none:
            its ranges come from training).
-  int16x8  int16 activations, int8 weights, calibrated like int8.
+  int16x8  int16 activations, int8 weights, calibrated like int8; fully
+           integer too (LayerNorm is rewritten to ops with int16 kernels,
+           see `int16_layer_norm`). The mode for models whose activations
+           have outliers per-tensor int8 cannot hold (MiniLM: cosine 0.998
+           vs float, where full int8 gives 0.42).
 
 Every converted model's op list is read from the flatbuffer; a Flex
 (SELECT_TF) or custom op raises `UnsupportedOpsError` naming it.
@@ -31,7 +35,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from tfreparam.export import model_io, parity
+from tfreparam.export import int16_layer_norm, model_io, parity
 
 MODES = ("fp32", "fp16", "dynamic", "int8", "int16x8")
 
@@ -84,8 +88,8 @@ def check_builtin_only(flatbuffer: bytes) -> list[str]:
 
 
 # Ops the converter quantizes to int16 in 16x8 mode although the LiteRT runtime
-# (ai-edge-litert 2.3) has no int16 kernel for them: SQUARED_DIFFERENCE (the
-# variance in LayerNormalization) fails to invoke, or aborts the process.
+# (ai-edge-litert 2.3) has no int16 kernel for them: SQUARED_DIFFERENCE (Keras'
+# LayerNorm variance; see int16_layer_norm) fails to invoke, or aborts the process.
 _NO_INT16_KERNEL = ("SQUARED_DIFFERENCE",)
 
 
@@ -166,6 +170,8 @@ def convert(model: keras.Model, mode: str = "fp32", representative_data=None, se
         raise ValueError(f"Unknown TFLite mode {mode!r}; expected one of {MODES}.")
     model = model_io.prepare(model)
     qat = model_io.is_quantization_aware(model)
+    if mode == "int16x8" and not qat:
+        model = int16_layer_norm.with_int16_layer_norm(model)
     if qat and mode not in ("int8", "dynamic"):
         raise ValueError(
             f"Model {model.name!r} is quantization-aware (TFMOT fake-quant layers): export it with "
@@ -221,9 +227,10 @@ def convert(model: keras.Model, mode: str = "fp32", representative_data=None, se
         if missing:
             raise ValueError(
                 f"int16x8 quantized {missing} to int16, but the LiteRT runtime has no int16 kernel for "
-                f"{'it' if len(missing) == 1 else 'them'} (LayerNormalization's variance uses "
-                "SQUARED_DIFFERENCE), so the model could not run. Export this model with mode='dynamic' or "
-                "'int8' instead."
+                f"{'it' if len(missing) == 1 else 'them'}, so the model could not run. Top-level last-axis "
+                "LayerNormalization layers are rewritten without it; this one is elsewhere (a LayerNorm over "
+                "another axis, inside a nested or subclassed model, or tf.math.squared_difference in a layer). "
+                "Export this model with mode='dynamic' or 'int8' instead."
             )
     return flatbuffer
 

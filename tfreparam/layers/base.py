@@ -152,13 +152,14 @@ class ReparameterizedDense(keras.layers.Layer):
         rank = inputs.shape.rank
         x = inputs if rank == 2 else tf.reshape(inputs, (-1, self.in_features))
         y = self.apply_factors(x)
-        if rank != 2:
-            y = tf.reshape(y, tf.concat([tf.shape(inputs)[:-1], [self.units]], axis=0))
-            y.set_shape(inputs.shape[:-1].concatenate([self.units]))
+        # Bias and activation on the 2-D product, where grappler fuses them into the last MatMul.
         if self.use_bias:
             y = tf.nn.bias_add(y, self.bias)
         if self.activation is not None:
             y = self.activation(y)
+        if rank != 2:
+            y = tf.reshape(y, tf.concat([tf.shape(inputs)[:-1], [self.units]], axis=0))
+            y.set_shape(inputs.shape[:-1].concatenate([self.units]))
         return y
 
     def apply_factors(self, x):
