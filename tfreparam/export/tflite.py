@@ -17,7 +17,9 @@ Modes:
            integer too (LayerNorm is rewritten to ops with int16 kernels,
            see `int16_layer_norm`). The mode for models whose activations
            have outliers per-tensor int8 cannot hold (MiniLM: cosine 0.998
-           vs float, where full int8 gives 0.42).
+           vs float, where full int8 gives 0.42). For integer-only
+           accelerators: LiteRT's int16 CPU kernels are unoptimised (MiniLM
+           runs ~35x slower than fp32).
 
 Every converted model's op list is read from the flatbuffer; a Flex
 (SELECT_TF) or custom op raises `UnsupportedOpsError` naming it.
