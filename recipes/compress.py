@@ -447,6 +447,7 @@ def run(settings: dict) -> dict:
         "model": settings["model"],
         "policy": settings["policy"],
         "budget": settings["budget"],
+        "seq_length": settings["seq_length"],
         "params_before": base["params_before"],
         "params_after": base["params_after"],
         "total_params_before": base["total_params_before"],
@@ -549,16 +550,31 @@ def _padded(batches, seq_length):
     return out
 
 
+_INT8_LABELS = {"dynamic": "TFLite dynamic-range int8", "full": "TFLite full-integer int8", "int16x8": "TFLite int16x8"}
+
+
 def export(settings, ctx, model, report_dir):
-    """The artifacts of --export in `report_dir`, their sizes, and int8 fidelity vs the fp32 Keras model."""
+    """The artifacts of --export in `report_dir`: sizes, batch-1 latencies, int8 fidelity vs the fp32 Keras model."""
     from tfreparam import export as export_lib, fidelity
+    from tfreparam.export import runners
 
     view, seq = encoder_view(model), settings["seq_length"]
-    result = {}
+    heldout = _padded(ctx["heldout"], seq)
+    one_sentence = {k: v[:1] for k, v in heldout[0].items()}
+    result = {"artifact_bytes": {}, "latency_ms": {}}
+
+    def measure(name, path):
+        size = (sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
+                if os.path.isdir(path) else os.path.getsize(path))
+        result["artifact_bytes"][name] = size
+        # Median of 10 single-sentence calls, the runtime each format is served with.
+        result["latency_ms"][name] = runners.runner_for(path).latency(one_sentence, repeats=10, warmup=2)["median_ms"]
+        return size
+
     if "saved_model" in settings["export"]:
         path = os.path.join(report_dir, "saved_model")
         export_lib.saved_model(view, path, preprocessor=ctx["preprocessor"])
-        result["saved_model_bytes"] = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
+        result["saved_model_bytes"] = measure("SavedModel", path)
     if "tflite_int8" in settings["export"]:
         path = os.path.join(report_dir, "model_int8.tflite")
         representative = _padded(ctx["calibration"][:4], seq)
@@ -567,12 +583,11 @@ def export(settings, ctx, model, report_dir):
         mode = {"full": "int8", "dynamic": "dynamic", "int16x8": "int16x8"}[settings["int8"]]
         export_lib.tflite(view, path, mode=mode, representative_data=representative, seq_length=seq, check=False)
         result["tflite_int8_mode"] = settings["int8"]
-        result["tflite_int8_bytes"] = os.path.getsize(path)
+        result["tflite_int8_bytes"] = measure(_INT8_LABELS[settings["int8"]], path)
         dense_path = os.path.join(report_dir, "stages", "export", "dense_fp32.tflite")
         export_lib.tflite(encoder_view(ctx["encoder"]), dense_path, mode="fp32", seq_length=seq, check=False)
-        result["tflite_fp32_dense_bytes"] = os.path.getsize(dense_path)
-        os.remove(dense_path)  # only its size is reported
-        heldout = _padded(ctx["heldout"], seq)
+        result["tflite_fp32_dense_bytes"] = measure("TFLite fp32, original dense", dense_path)
+        os.remove(dense_path)  # only its size and latency are reported
         int8 = []
         for batch in heldout:
             out = export_lib.run_artifact(path, batch)["sequence_output"]
@@ -584,7 +599,7 @@ def export(settings, ctx, model, report_dir):
     if "onnx" in settings["export"]:
         path = os.path.join(report_dir, "model.onnx")
         export_lib.onnx(view, path)
-        result["onnx_bytes"] = os.path.getsize(path)
+        result["onnx_bytes"] = measure("ONNX", path)
     return result
 
 

@@ -27,7 +27,7 @@ def method_table(metrics: dict) -> str:
 def write(report_dir: str, metrics: dict, layer_table: str, results: dict) -> str:
     """Writes metrics.json, report.md and plots; returns the report text."""
     os.makedirs(report_dir, exist_ok=True)
-    plots = plot_methods(report_dir, metrics)
+    plots = plot_methods(report_dir, metrics) + plot_exports(report_dir, metrics)
     metrics = dict(metrics, plots=plots)
     with open(os.path.join(report_dir, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=2, default=str)
@@ -51,6 +51,13 @@ def write(report_dir: str, metrics: dict, layer_table: str, results: dict) -> st
     ]
     if plots:
         lines += [f"![{os.path.splitext(p)[0]}]({p})" for p in plots] + [""]
+    exported = (m.get("export") or {}).get("artifact_bytes")
+    if exported:
+        latency = m["export"]["latency_ms"]
+        lines += ["## Exported files", "", f"Sequence length {m['seq_length']}; latency: median of 10 single-sentence "
+                  "calls on this machine.", "", "| file | MB | batch-1 ms |", "|---|---:|---:|"]
+        lines += [f"| {name} | {size / 1e6:.1f} | {latency[name]:.1f} |" for name, size in exported.items()]
+        lines += [""]
     for key, title in (("prune", "Pruning"), ("qat", "Quantization-aware training"), ("export", "Export")):
         if m.get(key):
             lines += [f"## {title}", "", "```", json.dumps(m[key], indent=2, default=str), "```", ""]
@@ -90,6 +97,31 @@ def plot_methods(report_dir: str, metrics: dict) -> list[str]:
     fig.savefig(os.path.join(report_dir, "fidelity.png"), dpi=100)
     plt.close(fig)
     return ["fidelity.png"]
+
+
+def plot_exports(report_dir: str, metrics: dict) -> list[str]:
+    """exports.png: file size and batch-1 latency of each exported artifact (none: no plot)."""
+    export = metrics.get("export") or {}
+    sizes, latency = export.get("artifact_bytes"), export.get("latency_ms")
+    if not sizes:
+        return []
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(sizes)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
+    left.barh(names, [sizes[n] / 1e6 for n in names])
+    left.set_xlabel("file size (MB)")
+    right.barh(names, [latency[n] for n in names])
+    right.set_xlabel("batch-1 latency (ms)")
+    right.set_yticks([])
+    fig.suptitle(f"{metrics['model']}: exported artifacts at sequence length {metrics['seq_length']}")
+    fig.tight_layout()
+    fig.savefig(os.path.join(report_dir, "exports.png"), dpi=100)
+    plt.close(fig)
+    return ["exports.png"]
 
 
 def plot_sweep(path: str, rows: list[dict]) -> None:

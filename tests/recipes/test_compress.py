@@ -144,6 +144,21 @@ def test_prune_and_int8_export_stages(first_run):
     assert 0.5 < metrics["int8_embedding_cosine"] <= 1.0
 
 
+def test_export_sizes_latencies_and_plot(first_run):
+    _, metrics, report_dir = first_run
+    export = metrics["export"]
+    sizes, latency = export["artifact_bytes"], export["latency_ms"]
+    assert list(sizes) == ["TFLite full-integer int8", "TFLite fp32, original dense"] == list(latency)
+    assert sizes["TFLite full-integer int8"] == os.path.getsize(os.path.join(report_dir, "model_int8.tflite"))
+    assert sizes["TFLite fp32, original dense"] == metrics["tflite_fp32_dense_bytes"]
+    assert all(0.0 < ms < 10_000 for ms in latency.values())
+    report = open(os.path.join(report_dir, "report.md")).read()
+    assert "## Exported files" in report and report.count("| TFLite ") == 2
+    assert open(os.path.join(report_dir, "exports.png"), "rb").read(4) == b"\x89PNG"
+    with open(os.path.join(report_dir, "metrics.json")) as f:
+        assert "exports.png" in json.load(f)["plots"]
+
+
 def test_qat_stage_keeps_the_zeros_and_exports_fully_integer(first_run):
     from tfreparam.export.tflite import float_ops
 
