@@ -564,9 +564,7 @@ def export(settings, ctx, model, report_dir):
     result = {"artifact_bytes": {}, "latency_ms": {}}
 
     def measure(name, path):
-        size = (sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
-                if os.path.isdir(path) else os.path.getsize(path))
-        result["artifact_bytes"][name] = size
+        size = result["artifact_bytes"][name] = export_lib.artifact_bytes(path)
         # Median of 10 single-sentence calls, the runtime each format is served with.
         result["latency_ms"][name] = runners.runner_for(path).latency(one_sentence, repeats=10, warmup=2)["median_ms"]
         return size

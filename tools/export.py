@@ -90,12 +90,6 @@ def _text_inputs(model, checkpoint):
     return preprocessor, inputs, calibration
 
 
-def _size(path):
-    if os.path.isdir(path):
-        return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
-    return os.path.getsize(path)
-
-
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments {argv[1:]}; use flags (see --help).")
@@ -134,7 +128,7 @@ def main(argv):
         parity_mode = "qat"
     report = export.check_parity(model_io.prepare(model), FLAGS.out, sample_inputs, mode=parity_mode)
     print(report)
-    size = _size(FLAGS.out)
+    size = export.artifact_bytes(FLAGS.out)
     print(f"[export] {FLAGS.format} ({FLAGS.mode}) {FLAGS.out}: {size / 2**20:.2f} MiB ({size:,} bytes)")
 
     timing_inputs = {name: np.repeat(value[:1], FLAGS.batch_size, axis=0) for name, value in sample_inputs.items()}

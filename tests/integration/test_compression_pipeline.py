@@ -128,7 +128,8 @@ def test_factorize_prune_qat_int8(minilm, case, tmp_path):
                 groups = np.moveaxis(weight, 0, -1).reshape(-1, 4)
                 assert np.all(np.count_nonzero(groups, axis=1) <= 2)
     zeros_before = {(row.layer, row.weight): row.zeros for row in targeted}
-    fidelity["pruned"] = cosine(embed(stripped, data["heldout"]), data["reference"])
+    pruned_embeddings = embed(stripped, data["heldout"])
+    fidelity["pruned"] = cosine(pruned_embeddings, data["reference"])
 
     # 3. Pruning-preserving QAT with model.fit: the zeros survive.
     qat = quantization.quantize_model(stripped, scheme="pqat", calibration_data=data["calibration"][:2])
@@ -157,7 +158,6 @@ def test_factorize_prune_qat_int8(minilm, case, tmp_path):
         export.tflite(stripped, path16, mode="int16x8", representative_data=data["calibration"][:2],
                       seq_length=SEQ, check=False)
         assert set(convert.float_ops(open(path16, "rb").read())) <= {"CAST"}
-        pruned_embeddings = embed(stripped, data["heldout"])
         fidelity["int16x8_vs_pruned"] = cosine(tflite_embeddings(path16, data["heldout"]), pruned_embeddings)
         assert fidelity["int16x8_vs_pruned"] >= 0.99, fidelity
     print(case, {k: round(v, 4) for k, v in fidelity.items()}, f"int8 bytes {len(flatbuffer):,}")

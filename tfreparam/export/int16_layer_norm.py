@@ -32,14 +32,16 @@ class MultiplyVarianceLayerNorm(keras.layers.LayerNormalization):
         return y
 
 
-def _last_axis_only(layer: keras.layers.LayerNormalization) -> bool:
+def normalizes_last_axis_only(layer: keras.layers.LayerNormalization) -> bool:
+    """Whether a (built) LayerNormalization normalizes over the last axis and no other."""
     axes = list(layer.axis) if isinstance(layer.axis, (list, tuple)) else [layer.axis]
-    rank = len(layer.input_shape) if hasattr(layer, "input_shape") else None
-    return len(axes) == 1 and (axes[0] == -1 or axes[0] == (rank or 0) - 1)
+    shape = getattr(layer, "_build_input_shape", None)
+    rank = len(shape) if shape is not None else None
+    return len(axes) == 1 and (axes[0] == -1 or (rank is not None and axes[0] == rank - 1))
 
 
 def _replaceable(layer) -> bool:
-    return type(layer) is keras.layers.LayerNormalization and _last_axis_only(layer)
+    return type(layer) is keras.layers.LayerNormalization and normalizes_last_axis_only(layer)
 
 
 def with_int16_layer_norm(model: keras.Model) -> keras.Model:

@@ -184,6 +184,13 @@ def artifact_format(artifact: str) -> str:
     )
 
 
+def artifact_bytes(artifact: str) -> int:
+    """Size on disk of a `.tflite` / `.onnx` file or a SavedModel directory (all its files)."""
+    if os.path.isdir(artifact):
+        return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(artifact) for f in files)
+    return os.path.getsize(artifact)
+
+
 def run_artifact(artifact: str, inputs: Mapping[str, np.ndarray], signature: str = "serving_default") -> dict:
     """Runs an exported artifact on named numpy inputs -> dict of named float64 outputs."""
     if not os.path.exists(artifact):

@@ -28,6 +28,7 @@ import tf_keras as keras
 from tensorflow_model_optimization.python.core.quantization.keras import quantize_config as tfmot_config
 from tensorflow_model_optimization.python.core.quantization.keras import quantizers as tfmot_quantizers
 
+from tfreparam.export.int16_layer_norm import normalizes_last_axis_only
 from tfreparam.quantization import quantizers
 
 _LINEAR = keras.activations.linear
@@ -37,10 +38,7 @@ POINTS = ("mean", "centered", "unit", "scaled")
 
 def supports(layer) -> bool:
     """Whether the decomposition applies: a LayerNormalization over the last axis only."""
-    axes = list(layer.axis) if isinstance(layer.axis, (list, tuple)) else [layer.axis]
-    shape = getattr(layer, "_build_input_shape", None)
-    rank = len(shape) if shape is not None else None
-    return len(axes) == 1 and (axes[0] == -1 or (rank is not None and axes[0] == rank - 1))
+    return normalizes_last_axis_only(layer)
 
 
 @keras.utils.register_keras_serializable(package="tfreparam")
