@@ -81,7 +81,7 @@ def per_projection(encoder, stats, budgets):
     import re
 
     from tfreparam import decompose
-    from tfreparam.surgery import projection
+    from tfreparam.projections import projection
 
     rows = []
     layers = [layer for layer in encoder.layers if re.fullmatch(PROJECTION_REGEX, layer.name)]
@@ -134,7 +134,7 @@ def main(argv):
     import re
 
     from tfreparam import calibration
-    from tfreparam.surgery import projection
+    from tfreparam.projections import projection
 
     budgets = [float(b) for b in FLAGS.budgets]
     n_cal, n_held = FLAGS.calibration_sentences, FLAGS.heldout_sentences

@@ -4,7 +4,9 @@ from bert.checkpoints import LoadedBert, load_google_checkpoint, load_hf, load_p
 from bert.config import BertConfig
 from bert.encoder import BLOCK_PROJECTIONS, INPUT_NAMES, build_encoder
 from bert.data import pretraining_dataset, split_sentences
-from bert.heads import BertPretrainer, build_classifier, build_pretrainer, build_pretraining_network
+from bert.heads import build_classifier, build_pretrainer, build_pretraining_network
+from bert.kits import StandardKit, UnitScaledKit
+from bert.pretrainer import BertPretrainer
 from bert.hf_weights import HFCheckpoint, minilm_path, read_hf_checkpoint
 from bert.peft import trainable_only
 from tfreparam.quantization import plugins as _quantization_plugins
@@ -22,6 +24,8 @@ __all__ = [
     "LoadedBert",
     "LongestFirstTrimmer",
     "Preprocessor",
+    "StandardKit",
+    "UnitScaledKit",
     "build_classifier",
     "build_encoder",
     "build_pretrainer",

@@ -2,13 +2,16 @@
 
 Both loaders go through one name map from our layer names to each format's
 tensor names, so a weight is either loaded with a checked shape or reported:
-missing, unexpected and mis-shaped tensors are listed together in one error.
+missing, unexpected and mis-shaped tensors are summarised together in one
+short error that names the config field the checkpoint disagrees with.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
+import re
 from typing import Callable, Optional
 
 import numpy as np
@@ -18,6 +21,8 @@ import tf_keras as keras
 from bert.config import BertConfig
 from bert.encoder import build_encoder
 from bert.heads import build_pretraining_network
+from bert.hf_weights import encoder_prefix, read_hf_checkpoint
+from tfreparam.surgery import reparameterize
 
 _logger = logging.getLogger(__name__)
 
@@ -76,9 +81,10 @@ def _name_map(config: BertConfig, with_heads: bool) -> list[_Entry]:
 
 def _assign(model: keras.Model, entries, lookup: Callable[[_Entry], Optional[np.ndarray]],
             available: set, used_name: Callable[[_Entry], str], transpose: Callable[[_Entry], bool],
-            strict: bool, source: str):
-    """Loads every entry via `lookup`; raises one error listing all problems."""
+            strict: bool, source: str, config: BertConfig, config_name: str):
+    """Loads every entry via `lookup`; raises one short error summarising all problems."""
     missing, mismatched, fresh_heads = [], [], set()
+    missing_heads_only = True
     new_weights = {}
     for entry in entries:
         value = lookup(entry)
@@ -88,34 +94,75 @@ def _assign(model: keras.Model, entries, lookup: Callable[[_Entry], Optional[np.
                 fresh_heads.add(entry.layer.split("/")[0])
                 continue
             missing.append(used_name(entry))
+            missing_heads_only &= entry.layer.startswith(HEAD_PREFIXES)
             continue
         if transpose(entry):
             value = value.T
         weights = new_weights.setdefault(entry.layer, layer.get_weights())
         expected = weights[entry.index].shape
         if value.shape != expected:
-            mismatched.append(f"{used_name(entry)}: checkpoint {value.shape} vs model {expected} ({entry.layer})")
+            mismatched.append((used_name(entry), tuple(value.shape), tuple(expected)))
             continue
         weights[entry.index] = value
-    unexpected = sorted(available - {used_name(e) for e in entries} - _IGNORED)
-    problems = []
-    if missing:
-        problems.append(f"missing tensors: {missing}")
-    if mismatched:
-        problems.append(f"mis-shaped tensors: {mismatched}")
-    if unexpected and strict:
-        problems.append(f"unexpected tensors: {unexpected}")
-    if problems:
-        raise ValueError(
-            f"{source} does not match the BERT config: " + "; ".join(problems)
-            + ". Check that the config matches the checkpoint (or pass strict=False to allow "
-            "absent pretraining heads and extra tensors)."
-        )
+    unexpected = sorted(available - {used_name(e) for e in entries} - _IGNORED) if strict else []
+    if missing or mismatched or unexpected:
+        raise ValueError(_mismatch_message(source, config, config_name, missing, mismatched, unexpected,
+                                           available, missing_heads_only))
     for name, weights in new_weights.items():
         model.get_layer(name).set_weights(weights)
     if fresh_heads:
         _logger.warning("%s has no weights for heads %s; they are freshly initialised.", source, sorted(fresh_heads))
     return sorted(fresh_heads)
+
+
+# How many tensors of each kind an error names; the rest are counted.
+_SHOWN = 3
+# Config fields that set a tensor dimension, for naming the likely culprit of a shape mismatch.
+_WIDTH_FIELDS = ("hidden_size", "intermediate_size", "vocab_size", "max_position_embeddings", "type_vocab_size",
+                 "embedding_size")
+
+
+def _mismatch_message(source, config, config_name, missing, mismatched, unexpected, available, heads_only) -> str:
+    """One line: the first few tensors of each problem, their counts, and the likely cause with its fix."""
+    parts = []
+    if mismatched:
+        parts.append(_listing("mis-shaped tensors", [f"'{name}': checkpoint {found}, model {expected}"
+                                                     for name, found, expected in mismatched]))
+    if missing:
+        parts.append(_listing("missing tensors", [repr(name) for name in missing]))
+    if unexpected:
+        parts.append(_listing("unexpected tensors", [repr(name) for name in unexpected]))
+    cause = _likely_cause(config, config_name, mismatched, available)
+    if cause:
+        advice = f"Likely cause: {cause}; make the config match the checkpoint."
+    elif not mismatched and heads_only:
+        advice = "To initialise the absent pretraining heads and ignore extra tensors, pass strict=False."
+    else:
+        advice = f"Check that {config_name} belongs to this checkpoint."
+    return f"{source} does not match {config_name}: " + "; ".join(parts) + ". " + advice
+
+
+def _listing(label, items):
+    shown = ", ".join(items[:_SHOWN]) + (", ..." if len(items) > _SHOWN else "")
+    return f"{label}: [{shown}]" + (f" ({len(items)} in all)" if len(items) > _SHOWN else "")
+
+
+def _likely_cause(config, config_name, mismatched, available) -> Optional[str]:
+    """The config field that disagrees with the checkpoint, judged from the tensors' shapes and names."""
+    widths = collections.Counter(
+        (want, got) for _, found, expected in mismatched if len(found) == len(expected)
+        for got, want in zip(found, expected) if got != want
+    )
+    if widths:
+        (want, got), _ = widths.most_common(1)[0]
+        fields = [name for name in _WIDTH_FIELDS if getattr(config, name) == want]
+        if fields:
+            return f"{config_name} says {fields[0]}={want} but the checkpoint's tensors are {got} wide"
+        return f"the checkpoint's tensors are {got} wide where {config_name} implies {want}"
+    layers = {int(m.group(1)) for name in available for m in [re.search(r"layer[._](\d+)\b", name)] if m}
+    if layers and max(layers) + 1 != config.num_layers:
+        return f"{config_name} says num_layers={config.num_layers} but the checkpoint has {max(layers) + 1} layers"
+    return None
 
 
 # Bookkeeping tensors that are not weights.
@@ -140,12 +187,10 @@ def load_hf(path: str, with_heads: bool = False, strict: bool = True, layer_poli
     `layer_policy`, the loaded encoder's projections are then reparameterized
     by `tfreparam.reparameterize` (decomposed from the pretrained weights).
     """
-    from bert.hf_weights import _encoder_prefix, read_hf_checkpoint
-
     checkpoint = read_hf_checkpoint(path)
     config = BertConfig.from_hf_config(checkpoint.config)
     tensors = dict(checkpoint.tensors)
-    prefix = _encoder_prefix(tensors)
+    prefix = encoder_prefix(tensors)
     if prefix:  # BertForPreTraining: strip "bert." from encoder tensors
         tensors = {name[len(prefix):] if name.startswith(prefix) else name: value for name, value in tensors.items()}
     model = _build(config, with_heads, encoder_kwargs)
@@ -154,7 +199,7 @@ def load_hf(path: str, with_heads: bool = False, strict: bool = True, layer_poli
     fresh = _assign(
         model, _name_map(config, with_heads), lambda e: tensors.get(e.hf), set(tensors),
         lambda e: e.hf, lambda e: e.transpose_hf, strict,
-        f"Checkpoint {checkpoint.path}",
+        f"Checkpoint {checkpoint.path}", config, "its config.json",
     )
     model = _reparameterize(model, layer_policy, calibration_data)
     return LoadedBert(config, model, fresh)
@@ -176,7 +221,7 @@ def load_google_checkpoint(ckpt_prefix: str, config: BertConfig, with_heads: boo
         lambda e: reader.get_tensor(e.google) if e.google in available else None,
         {name for name in available if not _is_optimizer_slot(name)},
         lambda e: e.google, lambda e: e.transpose_google, strict,
-        f"Checkpoint {ckpt_prefix}",
+        f"Checkpoint {ckpt_prefix}", config, "the BertConfig",
     )
     return LoadedBert(config, model, fresh)
 
@@ -194,9 +239,7 @@ def _build(config, with_heads, encoder_kwargs):
 def _reparameterize(model, layer_policy, calibration_data):
     if layer_policy is None:
         return model
-    import tfreparam
-
-    return tfreparam.reparameterize(model, layer_policy, calibration_data=calibration_data)
+    return reparameterize(model, layer_policy, calibration_data=calibration_data)
 
 
 def load_pretrained(name_or_path: str = "minilm", **kwargs) -> keras.Model:

@@ -160,12 +160,34 @@ def pretraining_dataset(
       sample_weights: also yield ``{label_keys[0]: masked_lm_weights}``.
     """
     preprocessor = _as_preprocessor(tokenizer_or_vocab)
-    seq_length = int(seq_length)
+    seq_length, max_predictions_per_seq = int(seq_length), int(max_predictions_per_seq)
+    label_keys = tuple(label_keys)
+    _check_arguments(seq_length, max_predictions_per_seq, mask_rate, batch_size, documents, label_keys, shuffle_buffer)
+    paths = _resolve_files(files)
+    if not any(_has_text(path) for path in paths):
+        raise ValueError(f"The corpus has no documents: every file of {paths} is empty or blank.")
+    seed = random.SystemRandom().randrange(2**31) if seed is None else int(seed)
+    num_pipelines, pipeline_id, per_replica_batch = 1, 0, int(batch_size)
+    if input_context is not None:
+        num_pipelines, pipeline_id = input_context.num_input_pipelines, input_context.input_pipeline_id
+        per_replica_batch = input_context.get_per_replica_batch_size(int(batch_size))
+
+    docs = _documents(paths, documents, seed, num_pipelines, pipeline_id)
+    pairs = _sentence_pairs(docs, preprocessor, seq_length, int(shuffle_buffer), seed, repeat)
+    # Distinct, reproducible randomness per input pipeline.
+    base_seed = tf.constant([seed, 7919 * pipeline_id + 1], tf.int64)
+    examples = _masked_examples(pairs, preprocessor, seq_length, max_predictions_per_seq, mask_rate, base_seed)
+    batched = examples.batch(per_replica_batch, drop_remainder=drop_remainder)
+    return batched.map(_label_splitter(label_keys, sample_weights)).prefetch(tf.data.AUTOTUNE)
+
+
+# ----------------------------------------------------------------- pipeline steps
+def _check_arguments(seq_length, max_predictions_per_seq, mask_rate, batch_size, documents, label_keys,
+                     shuffle_buffer):
     if seq_length < 5:
         raise ValueError(
             f"seq_length must be >= 5 ([CLS] A [SEP] B [SEP] with one token per segment); got {seq_length}."
         )
-    max_predictions_per_seq = int(max_predictions_per_seq)
     if max_predictions_per_seq < 1:
         raise ValueError(f"max_predictions_per_seq must be >= 1; got {max_predictions_per_seq}.")
     if not 0.0 < float(mask_rate) <= 1.0:
@@ -174,27 +196,14 @@ def pretraining_dataset(
         raise ValueError(f"batch_size must be >= 1; got {batch_size}.")
     if documents not in ("blank_line", "line"):
         raise ValueError(f'documents must be "blank_line" or "line"; got {documents!r}.')
-    label_keys = tuple(label_keys)
     if len(label_keys) != 2 or len(set(label_keys)) != 2 or not all(isinstance(k, str) for k in label_keys):
         raise ValueError(f"label_keys must be two distinct strings; got {label_keys!r}.")
     if int(shuffle_buffer) < 1:
         raise ValueError(f"shuffle_buffer must be >= 1; got {shuffle_buffer}.")
-    paths = _resolve_files(files)
-    if not any(_has_text(path) for path in paths):
-        raise ValueError(f"The corpus has no documents: every file of {paths} is empty or blank.")
 
-    if seed is None:
-        seed = random.SystemRandom().randrange(2**31)
-    seed = int(seed)
-    num_pipelines, pipeline_id = 1, 0
-    per_replica_batch = int(batch_size)
-    if input_context is not None:
-        num_pipelines = input_context.num_input_pipelines
-        pipeline_id = input_context.input_pipeline_id
-        per_replica_batch = input_context.get_per_replica_batch_size(int(batch_size))
-    # Distinct, reproducible randomness per input pipeline.
-    base_seed = tf.constant([seed, 7919 * pipeline_id + 1], tf.int64)
 
+def _documents(paths, documents, seed, num_pipelines, pipeline_id) -> tf.data.Dataset:
+    """(key, text) of every document this input pipeline reads; the key tells documents apart."""
     file_ids = tf.data.Dataset.from_tensor_slices((tf.range(len(paths), dtype=tf.int64), paths))
     shard_files = num_pipelines > 1 and len(paths) >= num_pipelines
     if shard_files:
@@ -219,7 +228,11 @@ def pretraining_dataset(
     )
     if num_pipelines > 1 and not shard_files:
         docs = docs.shard(num_pipelines, pipeline_id)
+    return docs
 
+
+def _sentence_pairs(docs, preprocessor, seq_length, shuffle_buffer, seed, repeat) -> tf.data.Dataset:
+    """Shuffled (A tokens, B tokens, document key) of consecutive chunks of each document."""
     chunk_target = (seq_length - 3) // 2
     pairs = (
         docs.batch(_DOCUMENT_BATCH)
@@ -234,11 +247,14 @@ def pretraining_dataset(
     )
     if repeat:
         # Repeating the pairs (not the files) ends, instead of spinning, on a
-        # corpus that yields none; the group index below keeps counting, so
-        # every pass gets new random pairs and masks.
+        # corpus that yields none; the group index in `_masked_examples` keeps
+        # counting, so every pass gets new random pairs and masks.
         pairs = pairs.repeat()
-    pairs = pairs.shuffle(int(shuffle_buffer), seed=seed + 1, reshuffle_each_iteration=False)
+    return pairs.shuffle(shuffle_buffer, seed=seed + 1, reshuffle_each_iteration=False)
 
+
+def _masked_examples(pairs, preprocessor, seq_length, max_predictions_per_seq, mask_rate, base_seed):
+    """Unbatched feature dicts: random next sentences, truncation, [CLS] A [SEP] B [SEP], masking, padding."""
     sep_id = preprocessor.special_token_ids["sep"]
     cls_id = preprocessor.special_token_ids["cls"]
     pad_id = preprocessor.special_token_ids["pad"]
@@ -275,9 +291,13 @@ def pretraining_dataset(
             "next_sentence_labels": labels[:, tf.newaxis],
         }
 
+    # Random next sentences are drawn within groups of _NEGATIVE_POOL consecutive pairs.
     examples = pairs.ragged_batch(_NEGATIVE_POOL).enumerate()
-    examples = examples.map(make_examples, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).unbatch()
-    batched = examples.batch(per_replica_batch, drop_remainder=drop_remainder)
+    return examples.map(make_examples, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).unbatch()
+
+
+def _label_splitter(label_keys, sample_weights):
+    """features -> (features, labels[, sample weights]) as `model.fit` takes them."""
     mlm_key, nsp_key = label_keys
 
     def split_labels(features):
@@ -286,8 +306,7 @@ def pretraining_dataset(
             return features, labels, {mlm_key: features["masked_lm_weights"]}
         return features, labels
 
-    batched = batched.map(split_labels)
-    return batched.prefetch(tf.data.AUTOTUNE)
+    return split_labels
 
 
 # ----------------------------------------------------------------- helpers

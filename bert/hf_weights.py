@@ -40,7 +40,7 @@ class HFCheckpoint:
         result = {}
         for i in range(self.num_layers):
             for keras_name, hf_name in names.items():
-                prefix = f"{_encoder_prefix(self.tensors)}encoder.layer.{i}.{hf_name}"
+                prefix = f"{encoder_prefix(self.tensors)}encoder.layer.{i}.{hf_name}"
                 weight = self._tensor(f"{prefix}.weight")
                 result[f"layer_{i}/{keras_name}"] = (weight.T, self._tensor(f"{prefix}.bias"))
         return result
@@ -54,8 +54,8 @@ class HFCheckpoint:
         return self.tensors[name]
 
 
-def _encoder_prefix(tensors) -> str:
-    # BertForPreTraining checkpoints prefix encoder weights with "bert.".
+def encoder_prefix(tensors) -> str:
+    """The prefix of the encoder's tensor names: 'bert.' in BertForPreTraining checkpoints, else empty."""
     return "bert." if any(name.startswith("bert.encoder.") for name in tensors) else ""
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tf_keras as keras
 
-from tfreparam.layers import LoRADense
+from tfreparam.layers.lora import LoRADense
 
 _HEAD_PREFIXES = ("classifier/", "mlm/", "nsp/")
 _KINDS = ("adapters", "lora", "heads")
@@ -30,7 +30,7 @@ def trainable_only(model: keras.Model, kind: str) -> keras.Model:
     selected = [layer for layer in model.layers if _selected(layer, kind)]
     if not [layer for layer in selected if layer.weights and not isinstance(layer, keras.layers.LayerNormalization)]:
         hint = {"adapters": "build it with BertConfig(adapter_size=...)",
-                "lora": "wrap projections with tfreparam.LoRADense",
+                "lora": "inject adapters with tfreparam.reparameterize(model, {pattern: tfreparam.LoRA(rank=8)})",
                 "heads": "add a head, e.g. bert.build_classifier"}[kind]
         raise ValueError(f"The model has no {kind} to train; {hint}.")
     for layer in model.layers:

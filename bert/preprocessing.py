@@ -36,6 +36,8 @@ import tensorflow as tf
 import tensorflow_text as tf_text
 import tf_keras as keras
 
+from bert.hf_weights import minilm_path
+
 __all__ = ["Preprocessor", "LongestFirstTrimmer", "load_vocab"]
 
 _SPECIAL_KEYS = ("pad", "unk", "cls", "sep", "mask")
@@ -253,8 +255,6 @@ class Preprocessor(keras.layers.Layer):
         override what the files say.
         """
         if path == "minilm":
-            from bert.hf_weights import minilm_path
-
             path = minilm_path()
         path = os.fspath(path)
         if not os.path.isdir(path):

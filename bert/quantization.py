@@ -58,26 +58,36 @@ class AttentionMathQuantizeConfig(configs.OutputQuantizeConfig):
         return []
 
 
-def _mask_bias(mask, dtype):
-    """The additive mask (0 for real tokens, MASK_VALUE for padding), computed in integers.
+def _mask_bias(mask, dtype, depth):
+    """The additive mask (0 for real tokens, -`depth` for padding), (batch, 1, 1, seq), computed in integers.
 
     In float, `(1 - mask) * MASK_VALUE` converts to an int8 SUB whose output
     takes the MUL's scale (~39), which rounds the 1 of every padded position
     to 0: the int8 model would attend to padding. Integer arithmetic and one
     cast leave the converter a single tensor with two values, which the
-    fixed-range fake-quant pins to int8 codes that represent both exactly.
+    fake-quant pins to the int8 codes of 0 and -`depth` (MASK_VALUE clipped).
+
+    `depth` is the masked logits' range width, so the mask has their scale:
+    LiteRT's broadcasting int8 ADD overflows when one input's scale is ~1000x
+    the output's (MASK_VALUE's 39 against ~0.04), and returned the *largest*
+    logit for every padded position.
     """
     penalty = int(round(-bert_layers.MASK_VALUE))
-    bias = tf.cast((tf.cast(mask, tf.int32) - 1) * penalty, dtype)
-    return tf.quantization.fake_quant_with_min_max_args(bias, min=-float(penalty), max=0.0, num_bits=8)
+    # Broadcast on the integers: an int8 STRIDED_SLICE after the fake-quant would have to keep
+    # the scale the converter calibrates for the CAST (MASK_VALUE's), not the fake-quant's.
+    mask = tf.cast(mask, tf.int32)[:, tf.newaxis, tf.newaxis, :]
+    bias = tf.cast((mask - 1) * penalty, dtype)
+    depth = tf.minimum(depth, float(penalty))
+    return tf.quantization.fake_quant_with_min_max_vars(bias, -depth, tf.zeros_like(depth), num_bits=8)
 
 
 def _masked_logits(scores, mask, scores_quantizer):
     """scores + additive mask, fake-quantized to the scores' range widened by MASK_MARGIN."""
-    logits = scores + _mask_bias(mask, scores.dtype)[:, tf.newaxis, tf.newaxis, :]
     ranges = scores_quantizer._post_activation_vars  # the scores' min / max variables
     low = tf.minimum(ranges["min_var"], 0.0) - MASK_MARGIN
     high = tf.maximum(ranges["max_var"], 0.0)
+    # A real score minus the whole range width lands at or below `low`: padding saturates there.
+    logits = scores + _mask_bias(mask, scores.dtype, high - low)
     return tf.quantization.fake_quant_with_min_max_vars(logits, low, high, num_bits=8, narrow_range=False)
 
 

@@ -1,14 +1,15 @@
 """The pieces of a unit-scaled BERT (`BertConfig(unit_scaled=True)`), see `tfreparam.unit_scaling`.
 
-`build_encoder` swaps in these layers when the config asks for unit scaling:
-unit-scaled projections (Dense, or LowRank under a policy), a unit-variance
-word embedding whose tied MLM decoder is a unit-scaled matmul, a unit-scaled
-sum of the three embeddings, unit-scaled attention and FFN activation, and
-τ-weighted residual adds. LayerNorm is unchanged: its forward output is unit
-by construction, and its backward divides by its input's RMS, which the
-unit-scaled residual sums keep near 1 (BERT is post-LN). Train it with
-`build_pretrainer` from this module: its MLM and NSP losses use the
-unit-scaled softmax cross-entropy, whose gradient is O(1) per token.
+`bert.kits.UnitScaledKit` builds a BERT from these layers (the builder picks
+that kit for `BertConfig(unit_scaled=True)`): unit-scaled projections (Dense,
+or LowRank under a policy), a unit-variance word embedding whose tied MLM
+decoder is a unit-scaled matmul, a unit-scaled sum of the three embeddings,
+unit-scaled attention and FFN activation, and τ-weighted residual adds.
+LayerNorm is unchanged: its forward output is unit by construction, and its
+backward divides by its input's RMS, which the unit-scaled residual sums keep
+near 1 (BERT is post-LN). `bert.build_pretrainer` trains it with
+`UnitScaledPretrainer`, whose MLM and NSP losses use the unit-scaled softmax
+cross-entropy (gradient O(1) per token).
 """
 
 from __future__ import annotations
@@ -16,11 +17,10 @@ from __future__ import annotations
 import tensorflow as tf
 import tf_keras as keras
 
-from bert import layers as bert_layers
-from bert.config import BertConfig
-from bert.heads import BertPretrainer, build_pretraining_network
-from tfreparam import unit_scaling
-from tfreparam.unit_scaling import ops
+import bert.layers as bert_layers
+import tfreparam.unit_scaling.ops as ops
+from bert.pretrainer import BertPretrainer
+from tfreparam.unit_scaling.layers import UnitScaledEmbedding
 
 # Share of each residual sum's variance that comes from the branch. Measured on a 12-layer, width-64
 # unit-scaled BERT at init (tests/training/test_unit_scaling.py): τ = 0.5 lets attention average token
@@ -29,19 +29,6 @@ from tfreparam.unit_scaling import ops
 # carries the gradient through 24 post-LN LayerNorms whose inputs sit below unit RMS, so it grows ~3×
 # towards the embeddings. τ = 0.3 keeps every LayerNorm-output gradient within about [0.6, 2].
 RESIDUAL_TAU = 0.3
-
-
-def projection(spec, in_features, units, **dense_kwargs):
-    """A unit-scaled projection for a policy spec (None: Dense; LowRank: low-rank)."""
-    if spec is None:
-        return unit_scaling.UnitScaledDense(units, **dense_kwargs)
-    family, kwargs = spec.layer_kwargs(in_features, units)
-    if family != "low_rank":
-        raise ValueError(
-            f"unit_scaled=True supports Dense and LowRank projections only; the policy gives "
-            f"{type(spec).__name__} for {dense_kwargs.get('name')!r}."
-        )
-    return unit_scaling.UnitScaledLowRankDense(units, **kwargs, **dense_kwargs)
 
 
 @keras.utils.register_keras_serializable(package="bert")
@@ -128,28 +115,8 @@ class UnitScaledBias(bert_layers.Bias):
 
 
 @keras.utils.register_keras_serializable(package="bert")
-class UnitScaledTypeEmbedding(unit_scaling.UnitScaledEmbedding):
+class UnitScaledTypeEmbedding(UnitScaledEmbedding):
     """Token-type embedding: unit-normal table, gradient ×√(vocab / tokens) (`ops.embedding`)."""
-
-
-def layer_norm(name, epsilon):
-    return UnitScaledLayerNormalization(epsilon=epsilon, name=name)
-
-
-def residual_split(name):
-    return ResidualSplit(RESIDUAL_TAU, name=name)
-
-
-def activation(name, layer_name):
-    return UnitScaledActivation(name, name=layer_name)
-
-
-def embedding_sum(name):
-    return EmbeddingSum(name=name)
-
-
-def residual_add(name):
-    return unit_scaling.ResidualAdd(RESIDUAL_TAU, name=name)
 
 
 @keras.utils.register_keras_serializable(package="bert")
@@ -194,12 +161,3 @@ class UnitScaledPretrainer(BertPretrainer):
         labels = tf.reshape(tf.cast(features["next_sentence_labels"], tf.int32), (-1,))
         values["nsp_loss"] = ops.softmax_cross_entropy(labels, outputs["nsp_logits"])
         return values
-
-
-def build_pretrainer(config: BertConfig, layer_policy=None, max_predictions_per_seq: int = 20) -> UnitScaledPretrainer:
-    """The unit-scaled counterpart of `bert.build_pretrainer` (config must have unit_scaled=True)."""
-    if not config.unit_scaled:
-        raise ValueError("bert.unit_scaled.build_pretrainer needs BertConfig(unit_scaled=True).")
-    network = build_pretraining_network(config, layer_policy=layer_policy,
-                                        max_predictions_per_seq=max_predictions_per_seq)
-    return UnitScaledPretrainer(network, name="bert_pretrainer")

@@ -151,6 +151,7 @@ def check_flags(f) -> dict:
             if value is not None:
                 text_data.check_files(value, flag)
         _check_model_dir(f.model)
+        cli.check_output_dir(f.report_dir, "--report_dir")
     except ValueError as error:
         raise app.UsageError(str(error)) from None
     return dict(model=f.model, policy=f.policy, budget=f.budget, rank=rank, methods=methods, distilled=distilled,

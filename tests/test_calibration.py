@@ -131,7 +131,7 @@ def test_sequential_whitening_error_per_layer_is_at_most_one_shot():
 
 
 def test_corrected_kernel_is_the_least_squares_solution():
-    from tfreparam.specs import corrected_kernel
+    from tfreparam.decompose import corrected_kernel
 
     rng = np.random.default_rng(3)
     x_orig = rng.normal(size=(200, 6))

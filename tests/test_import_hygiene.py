@@ -35,3 +35,54 @@ def test_import_changes_no_global_state():
     # Nothing printed by importing tfreparam itself.
     after_mark = result.stderr.split("@@MARK@@", 1)[1].strip()
     assert after_mark == "", after_mark
+
+
+_LAZY_PROBE = r"""
+import json, sys, time
+start = time.perf_counter()
+import tfreparam as tr
+seconds = time.perf_counter() - start
+heavy_after_import = sorted(m for m in ("tensorflow", "tf_keras", "tensorflow_model_optimization") if m in sys.modules)
+modules = ["distribute", "precision", "resilience", "distill", "fidelity", "unit_scaling", "accumulation", "allocation"]
+listed = [name for name in modules if name in dir(tr)]
+kinds = {name: type(getattr(tr, name)).__name__ for name in modules}
+strategy = type(tr.distribute.strategy("auto")).__name__
+names = {name: callable(getattr(tr, name)) for name in
+         ("LowRankDense", "LoRADense", "BlockTerm", "LoRA", "reparameterize", "report", "fold", "prune", "quantize_model",
+          "cluster", "save_adapters")}
+print(json.dumps({"seconds": seconds, "heavy": heavy_after_import, "listed": listed, "kinds": kinds,
+                  "strategy": strategy, "names": names}))
+"""
+
+
+def test_import_is_lazy_and_every_documented_module_is_an_attribute():
+    # Issue 16.9: tr.distribute, tr.precision, ... raised AttributeError; 16.17: importing pulled in TensorFlow.
+    result = subprocess.run([sys.executable, "-c", _LAZY_PROBE], capture_output=True, text=True, timeout=300,
+                            check=True)
+    state = json.loads(result.stdout.strip().splitlines()[-1])
+    assert state["heavy"] == [] and state["seconds"] < 1.0, state
+    assert len(state["listed"]) == 8, state["listed"]
+    assert set(state["kinds"].values()) == {"module"}, state["kinds"]
+    assert state["strategy"].endswith("Strategy"), state["strategy"]
+    assert all(state["names"].values()), state["names"]
+
+
+_TFMOT_PROBE = r"""
+import tensorflow_model_optimization as tfmot
+import tf_keras as keras
+import tfreparam as tr
+
+inputs = keras.Input((12,))
+model = keras.Model(inputs, tr.KroneckerDense(8, num_terms=2, name="kron")(inputs))
+clustered = tfmot.clustering.keras.cluster_weights(
+    model, number_of_clusters=4, cluster_centroids_init=tfmot.clustering.keras.CentroidInitialization.LINEAR)
+pruned = tfmot.sparsity.keras.prune_low_magnitude(model)
+print(type(clustered.layers[-1]).__name__, type(pruned.layers[-1]).__name__)
+"""
+
+
+def test_plain_tfmot_accepts_our_layers_without_importing_tfreparam_sparsity():
+    # The layers enrol in TFMOT's ABCs themselves, now that `import tfreparam` no longer imports `sparsity`.
+    result = subprocess.run([sys.executable, "-c", _TFMOT_PROBE], capture_output=True, text=True, timeout=300,
+                            check=True)
+    assert result.stdout.strip().splitlines()[-1] == "ClusterWeights PruneLowMagnitude"

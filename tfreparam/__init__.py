@@ -1,70 +1,92 @@
 """tfreparam: reparameterized dense layers and BERT compression for tf_keras.
 
-Importing the package changes no global TensorFlow state: it sets no
-environment variables, policies or logging levels (TFMOT's import-time
-`TF_USE_LEGACY_KERAS` is undone in `tfreparam.sparsity._tfmot`).
+Importing the package is instant and changes no global TensorFlow state: it
+imports nothing heavy, sets no environment variables, policies or logging
+levels. Every name below loads its module on first use (module
+`__getattr__`), so `import tfreparam.decompose` stays free of TensorFlow.
 
-Subpackages: `layers`, `decompose` (pure numpy), `sparsity` (pruning),
-`clustering`, `quantization` (QAT), `distill`, `fidelity`, `export`,
-`distribute`, `precision`, `unit_scaling`, `accumulation`, `resilience`.
+Subpackages and modules: `layers`, `decompose` (pure numpy), `families`,
+`specs`, `policy`, `surgery`, `compression_report` (`report`), `adapters`, `calibration`,
+`allocation`, `sparsity` (pruning), `clustering`, `quantization` (QAT),
+`distill`, `fidelity`, `export`, `distribute`, `precision`, `unit_scaling`,
+`accumulation`, `resilience`.
 """
 
-from tfreparam import decompose, layers
-from tfreparam.layers import (
-    BlockTermDense,
-    CPDense,
-    KroneckerDense,
-    LoRADense,
-    LowRankDense,
-    ReparameterizedDense,
-    TTDense,
-    TuckerDense,
-)
-from tfreparam.report import CompressionReport, report
-from tfreparam.specs import CP, Keep, Kronecker, LowRank, TensorTrain, Tucker
-from tfreparam.surgery import fold, reparameterize
-
-# Eager on purpose: importing `sparsity` enrolls our layers in TFMOT's
-# PrunableLayer / ClusterableLayer ABCs, so plain `tfmot` calls accept them.
-from tfreparam import clustering, quantization, sparsity  # noqa: E402  isort: skip
-# tf2onnx, onnxruntime and LiteRT load only when an exporter runs.
-from tfreparam import export  # noqa: E402
-from tfreparam.clustering import cluster, strip_clustering  # noqa: E402
-from tfreparam.quantization import quantize_model, quantize_scope  # noqa: E402
-from tfreparam.sparsity import prune, sparsity_report, strip  # noqa: E402
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "BlockTermDense",
-    "CP",
-    "CPDense",
-    "CompressionReport",
-    "Keep",
-    "Kronecker",
-    "KroneckerDense",
-    "LoRADense",
-    "LowRank",
-    "LowRankDense",
-    "ReparameterizedDense",
-    "TTDense",
-    "TensorTrain",
-    "Tucker",
-    "TuckerDense",
-    "cluster",
+# Public name -> the module that defines it.
+_NAMES = {
+    "BlockTermDense": "tfreparam.layers",
+    "CPDense": "tfreparam.layers",
+    "KroneckerDense": "tfreparam.layers",
+    "LoRADense": "tfreparam.layers",
+    "LowRankDense": "tfreparam.layers",
+    "ReparameterizedDense": "tfreparam.layers",
+    "TTDense": "tfreparam.layers",
+    "TuckerDense": "tfreparam.layers",
+    "BlockTerm": "tfreparam.specs",
+    "CP": "tfreparam.specs",
+    "Keep": "tfreparam.specs",
+    "Kronecker": "tfreparam.specs",
+    "LoRA": "tfreparam.specs",
+    "LowRank": "tfreparam.specs",
+    "TensorTrain": "tfreparam.specs",
+    "Tucker": "tfreparam.specs",
+    "LayerPolicy": "tfreparam.policy",
+    "CompressionReport": "tfreparam.compression_report",
+    "report": "tfreparam.compression_report",
+    "fold": "tfreparam.surgery",
+    "reparameterize": "tfreparam.surgery",
+    "load_adapters": "tfreparam.adapters",
+    "save_adapters": "tfreparam.adapters",
+    "cluster": "tfreparam.clustering",
+    "strip_clustering": "tfreparam.clustering",
+    "quantize_model": "tfreparam.quantization",
+    "quantize_scope": "tfreparam.quantization",
+    "prune": "tfreparam.sparsity",
+    "sparsity_report": "tfreparam.sparsity",
+    "strip": "tfreparam.sparsity",
+}
+
+_SUBMODULES = (
+    "accumulation",
+    "adapters",
+    "allocation",
+    "calibration",
     "clustering",
+    "compression_report",
     "decompose",
+    "distill",
+    "distribute",
     "export",
-    "fold",
+    "families",
+    "fidelity",
     "layers",
-    "prune",
+    "policy",
+    "precision",
     "quantization",
-    "quantize_model",
-    "quantize_scope",
-    "report",
-    "reparameterize",
+    "resilience",
     "sparsity",
-    "sparsity_report",
-    "strip",
-    "strip_clustering",
-]
+    "specs",
+    "surgery",
+    "unit_scaling",
+)
+
+__all__ = sorted(set(_NAMES) | set(_SUBMODULES))
+
+
+def __getattr__(name):
+    if name in _NAMES:
+        value = getattr(importlib.import_module(_NAMES[name]), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f"tfreparam.{name}")
+    else:
+        raise AttributeError(f"module 'tfreparam' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_NAMES) | set(_SUBMODULES))

@@ -26,6 +26,9 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 
 from tfreparam.decompose.budget import budget_params
+from tfreparam.decompose.factorization import output_error
+from tfreparam.decompose.svd import whitened_svd
+from tfreparam.projections import projection
 
 
 @dataclasses.dataclass
@@ -164,8 +167,6 @@ def measure_sensitivity(model, approximations: Mapping[str, np.ndarray], batches
     `relative_errors[name]**2` (the layer's own relative output error of the
     same approximation), i.e. a first-order sensitivity coefficient.
     """
-    from tfreparam.surgery import projection  # surgery imports calibration, not us
-
     def outputs():
         result = []
         for x in batches:
@@ -207,9 +208,6 @@ def allocate_for_model(model, names, grams: Mapping[str, object], budget, sensit
     otherwise every layer weighs 1 (pure output-energy allocation).
     `budget` is a float share of the layers' Σ in·out or an int count.
     """
-    from tfreparam import decompose
-    from tfreparam.surgery import projection
-
     spectra, probes, errors = {}, {}, {}
     for name in names:
         found = projection(model.get_layer(name))
@@ -219,10 +217,10 @@ def allocate_for_model(model, names, grams: Mapping[str, object], budget, sensit
         if name not in grams or getattr(grams[name], "gram", None) is None:
             raise ValueError(f"No input Gram matrix for layer '{name}'; collect calibration statistics first.")
         gram = grams[name].gram
-        f = decompose.whitened_svd(kernel, gram, param_budget=probe_fraction)
+        f = whitened_svd(kernel, gram, param_budget=probe_fraction)
         spectra[name] = (kernel.shape, f.info["singular_values"])
         probes[name] = f.reconstruct()
-        errors[name] = decompose.output_error(kernel, probes[name], gram)
+        errors[name] = output_error(kernel, probes[name], gram)
     if sensitivity_batches is not None:
         sensitivity = measure_sensitivity(model, probes, sensitivity_batches, errors, output=output)
     else:

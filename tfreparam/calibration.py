@@ -31,17 +31,48 @@ class LayerStats:
     cross: Optional[np.ndarray] = None
 
 
-def as_dataset(data) -> tf.data.Dataset:
-    """Accepts a `tf.data.Dataset` (batched) or arrays / dicts / (x, y) tuples of arrays."""
+def as_dataset(data, model: Optional[keras.Model] = None, argument: str = "calibration_data") -> tf.data.Dataset:
+    """Accepts a `tf.data.Dataset` (batched) or arrays / dicts / (x, y) tuples of arrays.
+
+    With `model`, arrays are checked against its inputs first (a batch axis,
+    then each input's rank), so a wrong shape is named here, not as a
+    broadcasting error deep inside the model.
+    """
     if isinstance(data, tf.data.Dataset):
         return data
+    if model is not None:
+        _check_against_inputs(model, _split(data)[0] if isinstance(data, tuple) else data, argument)
     try:
         return tf.data.Dataset.from_tensor_slices(data).batch(_DEFAULT_BATCH)
     except (ValueError, TypeError) as error:
         raise ValueError(
-            "calibration_data must be a batched tf.data.Dataset or arrays (x, or (x, y)); "
+            f"{argument} must be a batched tf.data.Dataset or arrays (x, or (x, y)); "
             f"got {type(data).__name__}: {error}"
         ) from error
+
+
+def _check_against_inputs(model, x, argument):
+    """Raises unless each array of `x` has the rank of the model input it feeds."""
+    inputs = model.inputs
+    if isinstance(x, dict):
+        by_name = {tensor.name.split(":")[0]: tensor for tensor in inputs}
+        by_name.update({layer.name: layer.output for layer in getattr(model, "_input_layers", [])})
+        pairs = [(f"{argument}[{key!r}]", value, by_name.get(key)) for key, value in x.items()]
+    elif isinstance(x, (list, tuple)) and len(inputs) > 1:
+        pairs = [(f"{argument}[{i}]", value, tensor) for i, (value, tensor) in enumerate(zip(x, inputs))]
+    else:
+        pairs = [(argument, x, inputs[0] if len(inputs) == 1 else None)]
+    for name, value, tensor in pairs:
+        if tensor is None or not (hasattr(value, "shape") or isinstance(value, (list, tuple))):
+            continue
+        shape = np.shape(value)
+        expected = tensor.shape
+        if len(shape) != expected.rank:
+            raise ValueError(
+                f"{name} has shape {tuple(shape)}, but the model input '{tensor.name.split(':')[0]}' takes batches "
+                f"of shape {tuple(expected)}: give one row per example (samples first), e.g. x[None] for a "
+                "single example."
+            )
 
 
 def _split(batch):
@@ -50,7 +81,8 @@ def _split(batch):
     return batch, None
 
 
-def _layer_input(layer):
+def layer_input(layer):
+    """The input tensor of `layer` in its model's graph (the layer must be called once)."""
     try:
         return layer.input
     except AttributeError as error:
@@ -75,9 +107,9 @@ def input_grams(model: keras.Model, layers, data, mask_key: Optional[str] = "inp
     For token models fed dicts, positions where `x[mask_key] == 0` (padding)
     are left out of the statistics of (batch, seq, features) activations.
     """
-    probe = keras.Model(model.inputs, [_layer_input(layer) for layer in layers])
+    probe = keras.Model(model.inputs, [layer_input(layer) for layer in layers])
     stats = {layer.name: LayerStats() for layer in layers}
-    for batch in as_dataset(data):
+    for batch in as_dataset(data, model):
         x, _ = _split(batch)
         token_mask = x.get(mask_key) if isinstance(x, dict) and mask_key else None
         activations = probe(x, training=False)
@@ -106,9 +138,9 @@ def paired_grams(original: keras.Model, compressed: keras.Model, names, data,
     is the whitened truncation of Ŵ* = (X̃ᵀX̃)⁻¹ X̃ᵀX W.
     """
     names = list(names)
-    probes = [keras.Model(m.inputs, [_layer_input(m.get_layer(n)) for n in names]) for m in (original, compressed)]
+    probes = [keras.Model(m.inputs, [layer_input(m.get_layer(n)) for n in names]) for m in (original, compressed)]
     stats = {name: LayerStats() for name in names}
-    for batch in as_dataset(data):
+    for batch in as_dataset(data, original):
         x, _ = _split(batch)
         token_mask = x.get(mask_key) if isinstance(x, dict) and mask_key else None
         outputs = []
@@ -149,7 +181,7 @@ def fisher_row_importance(model, layers, kernels, data, loss_fn=None, objective=
         loss_fn = keras.losses.get(loss_fn)
     stats = {layer.name: LayerStats() for layer in layers}
     variables = [kernels[layer.name] for layer in layers]
-    for batch in as_dataset(data):
+    for batch in as_dataset(data, model):
         x, y = _split(batch)
         if objective is None and y is None:
             raise ValueError("Fisher-weighted SVD needs labelled calibration data: (x, y) batches.")

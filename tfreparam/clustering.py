@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import tf_keras as keras
 
-from tfreparam.sparsity import magnitude, selection
+import tfreparam.sparsity.selection as selection
 from tfreparam.sparsity._tfmot import ClusterWeights, tfmot
+from tfreparam.sparsity.wrapping import rewrap
 
 _INITS = {
     "kmeans_plus_plus": "KMEANS_PLUS_PLUS",
@@ -59,7 +60,7 @@ def cluster(
             preserve_sparsity=preserve_sparsity,
         )
 
-    return magnitude.rewrap(model, {layer.name for layer in chosen}, wrap)
+    return rewrap(model, {layer.name for layer in chosen}, wrap)
 
 
 def strip_clustering(model: keras.Model) -> keras.Model:

@@ -23,6 +23,7 @@ import hashlib
 import json
 import logging
 import os
+import warnings
 from typing import Callable, Optional
 
 import tensorflow as tf
@@ -163,8 +164,25 @@ def verify_checkpoint(prefix: str) -> None:
 
 @dataclasses.dataclass
 class RestoreResult:
+    """What `VerifiedCheckpoints.restore` did.
+
+    A fresh start (`path` None, nothing `rejected`) and a run whose every
+    checkpoint was rejected (`all_rejected`: the model holds initial values
+    although training had progressed) are told apart.
+    """
+
     path: Optional[str]  # the checkpoint restored, None if nothing usable was found
     skipped: dict  # corrupted checkpoint prefix -> the reason it was skipped
+
+    @property
+    def rejected(self) -> list:
+        """The checkpoint prefixes that were found but not restored, newest first."""
+        return list(self.skipped)
+
+    @property
+    def all_rejected(self) -> bool:
+        """True if there were checkpoints and none of them could be restored."""
+        return self.path is None and bool(self.skipped)
 
 
 class VerifiedCheckpoints:
@@ -202,7 +220,11 @@ class VerifiedCheckpoints:
                 os.remove(os.path.join(directory, name))
 
     def restore(self) -> RestoreResult:
-        """Restores the newest intact checkpoint; corrupted ones are logged and skipped."""
+        """Restores the newest intact checkpoint; corrupted ones are logged and skipped.
+
+        If checkpoints exist but every one is corrupt, nothing is restored:
+        the result says so (`all_rejected`) and a warning names them.
+        """
         skipped = {}
         for prefix in reversed(self.manager.checkpoints):
             try:
@@ -214,4 +236,11 @@ class VerifiedCheckpoints:
                 skipped[prefix] = reason
                 continue
             return RestoreResult(prefix, skipped)
+        if skipped:
+            warnings.warn(
+                f"All {len(skipped)} checkpoints in {self.manager.directory!r} were rejected "
+                f"({', '.join(os.path.basename(p) for p in skipped)}); nothing was restored and the model keeps "
+                "its initial values. See result.skipped for why; delete them to start afresh on purpose.",
+                RuntimeWarning, stacklevel=2,
+            )
         return RestoreResult(None, skipped)

@@ -28,7 +28,8 @@ flags.DEFINE_enum("format", "tflite", ["saved_model", "tflite", "onnx"], "Artifa
 flags.DEFINE_enum("mode", "fp32", ["fp32", "fp16", "dynamic", "int8", "int16x8"],
                   "Numeric mode (TFLite; SavedModel and ONNX are fp32).")
 flags.DEFINE_string("out", None, "Output path (.tflite / .onnx file, or SavedModel directory).")
-flags.DEFINE_integer("seq_length", 128, "Sequence length of the parity/latency inputs (fixed in TFLite).")
+flags.DEFINE_integer("seq_length", None, "Sequence length of the parity/latency inputs (fixed in TFLite). "
+                     "Default: 128, or the model's max_position_embeddings if smaller.")
 flags.DEFINE_integer("batch_size", 1, "Batch size of the latency measurement.")
 flags.DEFINE_integer("parity_sentences", 16, "Held-out sentences for the parity check.")
 flags.DEFINE_integer("calibration_sentences", 128, "Sentences for int8 / int16x8 calibration.")
@@ -63,7 +64,7 @@ def load_model(spec: str):
             raise app.UsageError(f"{spec!r} is not a loadable tf_keras model: {first_error}") from first_error
 
 
-def _text_inputs(model, checkpoint):
+def _text_inputs(model, checkpoint, seq_length):
     """(preprocessor, parity inputs, calibration batches) from the corpus, or None if not a BERT."""
     import tensorflow as tf
 
@@ -75,7 +76,7 @@ def _text_inputs(model, checkpoint):
         return None
     tokenizer = FLAGS.tokenizer or (checkpoint if checkpoint and (
         checkpoint == "minilm" or os.path.isfile(os.path.join(checkpoint, "vocab.txt"))) else "minilm")
-    preprocessor = Preprocessor.from_pretrained(tokenizer, seq_length=FLAGS.seq_length)
+    preprocessor = Preprocessor.from_pretrained(tokenizer, seq_length=seq_length)
     vocab = model.get_layer("embeddings/word").vocab_size if "embeddings/word" in [l.name for l in model.layers] else None
     if vocab is not None and vocab < preprocessor.vocab_size:
         print(f"[export] the model's vocabulary ({vocab}) is smaller than {tokenizer}'s "
@@ -103,13 +104,17 @@ def main(argv):
     from tfreparam.export import model_io, runners
 
     model, checkpoint = load_model(FLAGS.model)
-    text = _text_inputs(model, checkpoint)
+    try:
+        seq_length = model_io.resolve_seq_length(model, "auto" if FLAGS.seq_length is None else FLAGS.seq_length)
+    except ValueError as error:
+        raise app.UsageError(f"--seq_length: {error}") from error
+    text = _text_inputs(model, checkpoint, seq_length)
     if text is not None:
         preprocessor, sample_inputs, calibration = text
     else:
         preprocessor = None
-        sample_inputs = model_io.sample_inputs(model, batch_size=4, seq_length=FLAGS.seq_length)
-        calibration = [model_io.sample_inputs(model, batch_size=32, seq_length=FLAGS.seq_length, seed=s)
+        sample_inputs = model_io.sample_inputs(model, batch_size=4, seq_length=seq_length)
+        calibration = [model_io.sample_inputs(model, batch_size=32, seq_length=seq_length, seed=s)
                        for s in range(1, 5)]
     kwargs = dict(sample_inputs=sample_inputs, check=False)
     try:
@@ -118,7 +123,7 @@ def main(argv):
         elif FLAGS.format == "onnx":
             export.onnx(model, FLAGS.out, **kwargs)
         else:
-            export.tflite(model, FLAGS.out, mode=FLAGS.mode, seq_length=FLAGS.seq_length,
+            export.tflite(model, FLAGS.out, mode=FLAGS.mode, seq_length=seq_length,
                           representative_data=calibration, **kwargs)
     except (TypeError, ValueError) as error:  # the exporters' messages say what to do
         raise SystemExit(f"[export] {FLAGS.format} ({FLAGS.mode}) export failed: {error}") from error

@@ -104,6 +104,35 @@ def test_missing_and_extra_tensors_are_listed(tmp_path):
     assert "unexpected tensors: ['extra.thing']" in message
 
 
+def test_a_config_that_disagrees_with_the_weights_gets_a_short_diagnosis(tmp_path):
+    path = _copy_minilm(tmp_path, lambda t: None)
+    with open(f"{path}/config.json") as f:
+        config = json.load(f)
+    with open(f"{path}/config.json", "w") as f:
+        json.dump({**config, "hidden_size": 256, "num_attention_heads": 8}, f)
+    with pytest.raises(ValueError) as error:
+        bert.load_hf(path)
+    message = str(error.value)
+    # Every tensor with a hidden-width axis: 3 embedding tables + LayerNorm (2) + pooler (2), and per layer
+    # q/k/v/output (8), the FFN's intermediate kernel, output kernel and bias (3), two LayerNorms (4): 97.
+    assert "mis-shaped tensors: ['embeddings.word_embeddings.weight': checkpoint (30522, 384), model (30522, 256)" in message
+    assert "(97 in all)" in message
+    assert "Likely cause: its config.json says hidden_size=256 but the checkpoint's tensors are 384 wide" in message
+    assert "strict=False" not in message and "\n" not in message and len(message) < 600, message
+
+
+def test_wrong_config_field_is_named(google_prefix):
+    config = bert.load_hf("minilm").config
+    with pytest.raises(ValueError, match=r"\(18 in all\)\. Likely cause: the BertConfig says intermediate_size=1024 "
+                                         r"but the checkpoint's tensors are 1536 wide"):
+        bert.load_google_checkpoint(google_prefix, config.replace(intermediate_size=1024))
+    with pytest.raises(ValueError, match="Likely cause: the BertConfig says num_layers=7 but the checkpoint has 6 layers"):
+        bert.load_google_checkpoint(google_prefix, config.replace(num_layers=7))
+    with pytest.raises(ValueError, match=r"missing tensors: \['cls\..*\. To initialise the absent pretraining "
+                                         r"heads and ignore extra tensors, pass strict=False\.$"):
+        bert.load_hf("minilm", with_heads=True)
+
+
 def test_heads_absent_from_checkpoint(minilm):
     with pytest.raises(ValueError, match=r"missing tensors: \['cls.predictions.transform.dense.weight"):
         bert.load_hf("minilm", with_heads=True)

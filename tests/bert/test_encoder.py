@@ -149,3 +149,33 @@ def test_config_validation_and_hf_reading():
     assert config.activation == "gelu"
     with pytest.raises(ValueError, match="Not a BERT config"):
         bert.BertConfig.from_hf_config({"model_type": "gpt2"})
+
+
+def test_a_policy_pattern_that_matches_no_projection_is_refused():
+    # Full match: "layer_0/ffn" names no projection, so nothing would be compressed.
+    with pytest.raises(ValueError, match=r"layer_policy: pattern 'layer_\\\\d\+/ffn' matches no layer \(patterns "
+                                         r"must match the whole name\)\. The projection layers are: layer_0/attention"):
+        bert.build_encoder(CONFIG, layer_policy={r"layer_\d+/ffn": tr.LowRank(rank=2)})
+    with pytest.raises(ValueError, match="share_layers=True the block projections are named 'shared/...'"):
+        bert.build_encoder(CONFIG.replace(share_layers=True), layer_policy={r"layer_0/ffn/output": tr.LowRank(rank=2)})
+    # Head projections are candidates of the networks that have those heads, and only of those.
+    with pytest.raises(ValueError, match="pattern 'nsp/dense' matches no layer"):
+        bert.build_encoder(CONFIG, layer_policy={"nsp/dense": tr.LowRank(rank=1)})
+    network = bert.build_pretraining_network(CONFIG, layer_policy={"nsp/dense": tr.LowRank(rank=1)},
+                                             max_predictions_per_seq=2)
+    assert isinstance(network.get_layer("nsp/dense"), tr.LowRankDense)
+    assert type(network.get_layer("mlm/transform")) is keras.layers.Dense
+
+
+def test_a_callable_policy_sees_each_projection_as_the_dense_it_would_be():
+    seen = {}
+
+    def policy(layer):
+        seen[layer.name] = (type(layer), layer.units)
+        return tr.LowRank(rank=3) if layer.units == I else None
+
+    model = bert.build_encoder(CONFIG, layer_policy=policy)
+    assert seen["layer_1/ffn/intermediate"] == (keras.layers.Dense, I)
+    assert seen["pooler/dense"] == (keras.layers.Dense, H) and len(seen) == 6 * L + 1
+    assert [layer.name for layer in model.layers if isinstance(layer, tr.LowRankDense)] == [
+        f"layer_{i}/ffn/intermediate" for i in range(L)]

@@ -84,8 +84,8 @@ def test_param_count_formulas():
 @pytest.mark.parametrize(
     "args, kwargs, match",
     [
-        (("dense", (4, 4)), {}, r"layer must be one of"),
-        (("low_rank", (4, 4)), {}, r"needs the keyword argument 'rank'"),
+        (("dense", (4, 4)), {}, r"Unknown factorization family 'dense'; registered: .*low_rank"),
+        (("low_rank", (4, 4)), {}, r"low_rank form needs the keyword argument 'rank'"),
         (("low_rank", (4, 4)), {"rank": 2, "units": 4}, r"unexpected arguments \['units'\]"),
         (("low_rank", (4,)), {"rank": 2}, r"shape must be the kernel shape"),
         (

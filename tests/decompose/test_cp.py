@@ -30,8 +30,8 @@ def test_planted_rank_is_recovered(in_factors, out_factors, rank, init):
 
     f = cp_als(W, in_factors, out_factors, rank, n_iter=500, tol=1e-10, init=init)
 
-    assert f.layer == "cp" and f.method == "cp_als"
-    assert f.layer_kwargs == {"input_factors": in_factors, "output_factors": out_factors, "rank": rank}
+    assert f.form.name == "cp" and f.method == "cp_als"
+    assert f.layer_config == {"input_factors": in_factors, "output_factors": out_factors, "rank": rank}
     assert [u.shape for u in _factors(f)] == [(n, rank) for n in modes]
     assert f.relative_error < 1e-4
     assert relative(cp_tensor(_factors(f)).reshape(W.shape), W) < 1e-4

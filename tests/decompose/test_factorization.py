@@ -20,6 +20,8 @@ ALL_METHODS = {
     "tt_svd": lambda: decompose.tt_svd(W, (4, 6), (4, 5), ranks=3),
     "tucker": lambda: decompose.tucker(W, (4, 6), (4, 5), ranks=2),
     "cp_als": lambda: decompose.cp_als(W, (4, 6), (4, 5), rank=3, n_iter=20),
+    "block_term": lambda: decompose.block_term(W, (4, 6), (4, 5), ranks=2, num_blocks=2, n_iter=2),
+    "lora": lambda: decompose.lora(W, rank=3),
 }
 
 
@@ -30,7 +32,7 @@ def test_derived_numbers_are_consistent(method):
     assert f.method == method
     assert f.shape == (24, 20)
     assert f.num_params == sum(a.size for a in f.factors.values())
-    assert f.num_params == param_count(f.layer, f.shape, **f.layer_kwargs)
+    assert f.num_params == param_count(f.form.name, f.shape, **f.layer_config)
     assert f.compression_ratio == pytest.approx(24 * 20 / f.num_params)
     assert all(a.dtype == np.float32 for a in f.factors.values())
     approx = f.reconstruct()
@@ -48,17 +50,31 @@ def test_output_error_uses_the_gram_matrix():
     assert f.output_error == pytest.approx(expected, rel=1e-9)
 
 
-def test_factorization_is_frozen_and_checks_its_layer():
+def test_factorization_is_frozen_and_checks_its_form():
     f = decompose.svd(W, rank=2)
     with pytest.raises(dataclasses.FrozenInstanceError):
         f.relative_error = 0.0
-    with pytest.raises(ValueError, match=r"layer must be one of .*got 'dense'"):
+    with pytest.raises(ValueError, match=r"Unknown factorization family 'dense'"):
         Factorization("svd", "dense", {}, {}, (1, 1), 0.0)
+    # A registered name resolves to its form, which rebuilds the kernel.
+    g = Factorization("svd", "low_rank", f.factors, f.layer_config, f.shape, f.relative_error)
+    assert g.form is decompose.get_form("low_rank") and g.form.name == "low_rank"
+    np.testing.assert_array_equal(g.reconstruct(), f.factors["u"].astype(np.float64) @ f.factors["v"])
 
 
 def test_float64_input_still_gives_float32_factors():
     f = decompose.svd(W.astype(np.float32), rank=2)
     assert f.factors["u"].dtype == np.float32
+
+
+def test_importing_the_subpackage_leaves_tensorflow_out():
+    # Issue 16.17: `import tfreparam.decompose` used to import TensorFlow (2.9 s) through tfreparam/__init__.
+    import subprocess
+    import sys
+
+    probe = "import sys, tfreparam.decompose; print(sorted(m for m in ('tensorflow', 'tf_keras', 'keras') if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
+    assert result.stdout.strip() == "[]", result.stdout
 
 
 def test_subpackage_never_imports_tensorflow_or_keras():
@@ -79,7 +95,7 @@ def test_subpackage_never_imports_tensorflow_or_keras():
 
 def test_public_api_is_exported():
     expected = {
-        "Factorization", "svd", "whitened_svd", "fisher_svd", "nearest_kronecker", "tt_svd", "tucker",
+        "Factorization", "Form", "get_form", "block_term", "lora", "corrected_kernel", "svd", "whitened_svd", "fisher_svd", "nearest_kronecker", "tt_svd", "tucker",
         "cp_als", "balanced_factors", "param_count", "low_rank_rank_for_budget",
         "kronecker_terms_for_budget", "tt_rank_for_budget", "tucker_rank_for_budget", "cp_rank_for_budget",
     }

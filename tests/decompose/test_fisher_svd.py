@@ -15,7 +15,7 @@ def test_uniform_importance_equals_plain_svd(level):
 
     f = fisher_svd(W, np.full(14, level), rank=4)
 
-    assert f.method == "fisher_svd" and f.layer == "low_rank"
+    assert f.method == "fisher_svd" and f.form.name == "low_rank"
     np.testing.assert_allclose(f.reconstruct(), plain.reconstruct(), atol=1e-5)
     assert f.relative_error == pytest.approx(plain.relative_error, abs=1e-6)
     assert f.info["floored_rows"] == 0

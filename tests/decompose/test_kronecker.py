@@ -28,8 +28,8 @@ def test_planted_kronecker_sums_are_recovered_exactly(terms, in_factors, out_fac
 
     f = nearest_kronecker(W, in_factors, out_factors, num_terms=terms)
 
-    assert f.layer == "kronecker" and f.method == "nearest_kronecker"
-    assert f.layer_kwargs == {"input_factors": in_factors, "output_factors": out_factors, "num_terms": terms}
+    assert f.form.name == "kronecker" and f.method == "nearest_kronecker"
+    assert f.layer_config == {"input_factors": in_factors, "output_factors": out_factors, "num_terms": terms}
     assert f.factors["a"].shape == (terms, in_factors[0], out_factors[0])
     assert f.factors["b"].shape == (terms, in_factors[1], out_factors[1])
     assert f.relative_error < 1e-5
@@ -59,10 +59,10 @@ def test_each_term_is_balanced_between_a_and_b():
 def test_missing_factors_default_to_balanced_splits():
     W = np.random.default_rng(6).standard_normal((24, 18))
     f = nearest_kronecker(W, num_terms=2)
-    assert f.layer_kwargs["input_factors"] == balanced_factors(24) == (4, 6)
-    assert f.layer_kwargs["output_factors"] == balanced_factors(18) == (3, 6)
+    assert f.layer_config["input_factors"] == balanced_factors(24) == (4, 6)
+    assert f.layer_config["output_factors"] == balanced_factors(18) == (3, 6)
     g = nearest_kronecker(W, input_factors=(2, 12))
-    assert g.layer_kwargs["input_factors"] == (2, 12) and g.layer_kwargs["output_factors"] == (3, 6)
+    assert g.layer_config["input_factors"] == (2, 12) and g.layer_config["output_factors"] == (3, 6)
 
 
 def test_all_terms_reproduce_any_kernel():
@@ -73,7 +73,7 @@ def test_all_terms_reproduce_any_kernel():
 
 def test_errors_name_the_limits():
     W = np.ones((6, 4))
-    with pytest.raises(ValueError, match=r"num_terms=5 exceeds min\(in1\*out1, in2\*out2\) = min\(4, 6\) = 4"):
+    with pytest.raises(ValueError, match=r"num_terms=5 exceeds its maximum 4 \(min\(in1\*out1, in2\*out2\) = min\(4, 6\)"):
         nearest_kronecker(W, (2, 3), (2, 2), num_terms=5)
     with pytest.raises(ValueError, match=r"input_factors must have exactly 2 entries; got 3: \(1, 2, 3\)"):
         nearest_kronecker(W, (1, 2, 3), (2, 2))

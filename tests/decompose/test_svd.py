@@ -45,8 +45,8 @@ def test_reconstruction_equals_numpy_truncated_svd():
 
     f = svd(W, rank=5)
 
-    assert f.layer == "low_rank" and f.method == "svd"
-    assert f.layer_kwargs == {"rank": 5}
+    assert f.form.name == "low_rank" and f.method == "svd"
+    assert f.layer_config == {"rank": 5}
     assert f.factors["u"].shape == (20, 5) and f.factors["v"].shape == (5, 12)
     assert f.factors["u"].dtype == np.float32 and f.factors["v"].dtype == np.float32
     np.testing.assert_allclose(f.factors["u"].astype(np.float64) @ f.factors["v"], expected, atol=1e-5)
@@ -77,7 +77,7 @@ def test_energy_selects_the_smallest_rank_reaching_it(energy):
 
     f = svd(W, energy=energy)
 
-    assert f.layer_kwargs["rank"] == expected
+    assert f.layer_config["rank"] == expected
     assert f.info["energy_kept"] >= energy - 1e-12
     if expected > 1:
         assert fractions[expected - 2] < energy
@@ -90,7 +90,7 @@ def test_int_param_budget_is_a_parameter_cap(budget):
 
     f = svd(W, param_budget=budget)
 
-    assert f.layer_kwargs["rank"] == expected
+    assert f.layer_config["rank"] == expected
     assert f.num_params == expected * 30 <= budget
 
 
@@ -101,7 +101,7 @@ def test_float_param_budget_is_a_share_of_the_dense_count(fraction):
 
     f = svd(W, param_budget=fraction)
 
-    assert f.layer_kwargs["rank"] == expected
+    assert f.layer_config["rank"] == expected
     assert f.num_params <= fraction * 400
 
 

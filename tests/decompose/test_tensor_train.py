@@ -36,8 +36,8 @@ def test_full_ranks_are_exact_and_cores_follow_the_mpo_layout(in_factors, out_fa
 
     f = tt_svd(W, in_factors, out_factors, ranks=ranks)
 
-    assert f.layer == "tensor_train" and f.method == "tt_svd"
-    assert f.layer_kwargs == {"input_factors": in_factors, "output_factors": out_factors, "ranks": ranks}
+    assert f.form.name == "tensor_train" and f.method == "tt_svd"
+    assert f.layer_config == {"input_factors": in_factors, "output_factors": out_factors, "ranks": ranks}
     bonds = (1,) + ranks + (1,)
     for k, core in enumerate(_cores(f)):
         assert core.shape == (bonds[k], in_factors[k], out_factors[k], bonds[k + 1])
@@ -70,22 +70,22 @@ def test_eps_picks_small_ranks_for_a_planted_low_rank_train():
 
     f = tt_svd(W, in_factors, out_factors, eps=1e-6)
 
-    assert f.layer_kwargs["ranks"] == ranks
+    assert f.layer_config["ranks"] == ranks
     assert f.relative_error < 1e-5
 
 
 def test_int_rank_caps_every_bond_at_its_maximum():
     in_factors, out_factors = (2, 3, 4), (3, 2, 2)  # pair sizes 6, 6, 8 -> maxima (6, 8)
     W = np.random.default_rng(2).standard_normal((24, 12))
-    assert tt_svd(W, in_factors, out_factors, ranks=7).layer_kwargs["ranks"] == (6, 7)
-    assert tt_svd(W, in_factors, out_factors, ranks=100).layer_kwargs["ranks"] == (6, 8)
+    assert tt_svd(W, in_factors, out_factors, ranks=7).layer_config["ranks"] == (6, 7)
+    assert tt_svd(W, in_factors, out_factors, ranks=100).layer_config["ranks"] == (6, 8)
     assert tt_svd(W, in_factors, out_factors, ranks=100).relative_error < 1e-5
 
 
 def test_ranks_and_eps_together_take_the_smaller_rank():
     W = np.random.default_rng(3).standard_normal((24, 12))
     capped = tt_svd(W, (2, 3, 4), (3, 2, 2), ranks=2, eps=1e-9)
-    assert capped.layer_kwargs["ranks"] == (2, 2)
+    assert capped.layer_config["ranks"] == (2, 2)
     assert capped.info["error_bound"] > 1e-9  # the cap, not eps, decided
 
 

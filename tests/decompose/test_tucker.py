@@ -23,8 +23,8 @@ def test_full_ranks_are_exact(in_factors, out_factors):
 
     f = tucker(W, in_factors, out_factors, ranks=modes)
 
-    assert f.layer == "tucker" and f.method == "tucker"
-    assert f.layer_kwargs == {"input_factors": in_factors, "output_factors": out_factors, "ranks": modes}
+    assert f.form.name == "tucker" and f.method == "tucker"
+    assert f.layer_config == {"input_factors": in_factors, "output_factors": out_factors, "ranks": modes}
     assert f.factors["core"].shape == modes
     assert [u.shape for u in _factors(f)] == [(n, n) for n in modes]
     assert f.relative_error < 1e-5
@@ -80,7 +80,7 @@ def test_hooi_stops_at_tol_and_reports_it():
 
 def test_int_rank_is_capped_at_each_mode_size():
     f = tucker(np.random.default_rng(6).standard_normal((6, 20)), (2, 3), (4, 5), ranks=4)
-    assert f.layer_kwargs["ranks"] == (2, 3, 4, 4)
+    assert f.layer_config["ranks"] == (2, 3, 4, 4)
 
 
 def test_rank_above_a_sibling_product_still_works():

@@ -41,7 +41,8 @@ def test_bad_kernels_are_rejected_by_every_method(method, W, match):
         (2.5, r"rank must be a positive integer; got 2.5"),
         (True, r"rank must be a positive integer; got True"),
         ("3", r"rank must be a positive integer; got '3'"),
-        (7, r"rank=7 exceeds min\(in_features, out_features\) = 6 for W of shape \(8, 6\); use a rank <= 6"),
+        (7, r"rank=7 exceeds its maximum 6 \(min\(in_features, out_features\) for a kernel of shape \(8, 6\)\); "
+            r"use rank <= 6"),
     ],
 )
 @pytest.mark.parametrize("method", ["svd", "whitened_svd", "fisher_svd"])
@@ -57,7 +58,7 @@ def test_bad_low_rank_ranks(method, rank, match):
 
 
 def test_integral_float_rank_is_accepted():
-    assert decompose.svd(np.eye(4), rank=2.0).layer_kwargs == {"rank": 2}
+    assert decompose.svd(np.eye(4), rank=2.0).layer_config == {"rank": 2}
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ SavedModel is served in a child Python that cannot import tfreparam or bert.
 import numpy as np
 import pytest
 import tensorflow as tf
+import tf_keras as keras
 
 import bert
 import tfreparam as tr
@@ -17,7 +18,8 @@ from recipes import corpus
 from tests.export.standalone import serve_without_project
 from tfreparam import export
 from tfreparam.export import model_io
-from tfreparam.export.tflite import float_ops, op_names, weight_buffers
+from tfreparam.export.flatbuffer import float_ops, op_names, weight_buffers
+from tfreparam.export.runners import TFLiteRunner
 
 SEQ = 32
 
@@ -66,6 +68,25 @@ def test_factorized_bert_tflite_shrinks_with_its_parameters(tiny_bert, tmp_path)
     assert removed_params > 0.25 * dense.count_params()
     # fp32: every removed parameter removes 4 bytes (up to a little flatbuffer bookkeeping).
     assert sizes["dense"] - sizes["factorized"] == pytest.approx(4 * removed_params, rel=0.02)
+
+
+def test_sequence_length_defaults_to_the_models_positions_and_is_checked(tmp_path, monkeypatch):
+    """A BERT with 64 positions: the default length is 64, not 128; 100 is refused before conversion."""
+    short = build_encoder(BertConfig.named("tiny", vocab_size=512, max_position_embeddings=64, num_layers=1))
+    export.tflite(short, str(tmp_path / "m.tflite"), check=False)
+    runner = TFLiteRunner(str(tmp_path / "m.tflite"))
+    assert [list(d["shape_signature"]) for d in runner.input_details.values()] == [[-1, 64]] * 3
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the exporter started converting before checking seq_length")
+
+    monkeypatch.setattr(model_io, "save_token_signature", refuse)
+    with pytest.raises(ValueError, match=r"seq_length=100 exceeds the model's max_position_embeddings=64 .*"
+                                         r"seq_length <= 64"):
+        export.tflite(short, str(tmp_path / "long.tflite"), seq_length=100)
+    assert model_io.max_positions(short) == 64
+    # A model without a position table keeps the plain default.
+    assert model_io.resolve_seq_length(keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)]), "auto") == 128
 
 
 # -- MiniLM ---------------------------------------------------------------------

@@ -6,7 +6,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from tfreparam import export
-from tfreparam.export.tflite import UnsupportedOpsError
+from tfreparam.export import UnsupportedOpsError
 
 
 @keras.utils.register_keras_serializable(package="tfreparam_tests")

@@ -6,7 +6,7 @@ import tf_keras as keras
 
 from tfreparam import export
 from tfreparam.export.int16_layer_norm import MultiplyVarianceLayerNorm, with_int16_layer_norm
-from tfreparam.export.tflite import float_ops, op_names
+from tfreparam.export.flatbuffer import float_ops, op_names
 
 
 def _numpy_layer_norm(x, gamma, beta, epsilon):

@@ -14,7 +14,7 @@ import tf_keras as keras
 from tests.layers.registry import LAYER_CASES, MATRIX_IN, layer_params, randomize_lora
 from tfreparam import export
 from tfreparam.export import model_io
-from tfreparam.export.tflite import op_names
+from tfreparam.export.flatbuffer import op_names
 
 SEQ = 4
 FORMATS = ["saved_model", "onnx", "tflite-fp32", "tflite-fp16", "tflite-dynamic", "tflite-int8", "tflite-int16x8"]

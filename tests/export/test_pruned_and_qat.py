@@ -7,7 +7,7 @@ import tf_keras as keras
 
 from tfreparam import export
 from tfreparam.export.runners import TFLiteRunner
-from tfreparam.export.tflite import weight_buffers
+from tfreparam.export.flatbuffer import weight_buffers
 
 IN, UNITS = 64, 48
 

@@ -130,7 +130,9 @@ def _draw_low_rank(draw):
 @st.composite
 def _draw_kronecker(draw):
     ins, outs = (draw(_small), draw(_small)), (draw(_small), draw(_small))
-    kwargs = {"input_factors": ins, "output_factors": outs, "num_terms": draw(st.integers(1, 3))}
+    # At most the rank of the rearranged kernel, min(in1*out1, in2*out2).
+    terms = draw(st.integers(1, min(3, ins[0] * outs[0], ins[1] * outs[1])))
+    kwargs = {"input_factors": ins, "output_factors": outs, "num_terms": terms}
     return math.prod(ins), math.prod(outs), kwargs
 
 
@@ -156,16 +158,30 @@ def _draw_tucker(draw):
     return math.prod(ins), math.prod(outs), {"input_factors": ins, "output_factors": outs, "ranks": ranks}
 
 
+def _most_blocks(modes, ranks):
+    """Blocks of `ranks` that write any tensor of `modes` exactly: slabs of every mode but the best one."""
+    slabs = [-(-n // r) for n, r in zip(modes, ranks)]
+    options = [math.prod(slabs)] + [
+        math.prod(slabs[:j] + slabs[j + 1:]) for j in range(len(modes))
+        if ranks[j] >= min(modes[j], math.prod(ranks[:j] + ranks[j + 1:]))
+    ]
+    return min(options)
+
+
 @st.composite
 def _draw_block_term(draw):
     n_in, units, kwargs = draw(_draw_tucker())
-    return n_in, units, dict(kwargs, num_blocks=draw(st.integers(1, 3)))
+    cap = _most_blocks(kwargs["input_factors"] + kwargs["output_factors"], kwargs["ranks"])
+    return n_in, units, dict(kwargs, num_blocks=draw(st.integers(1, min(3, cap))))
 
 
 @st.composite
 def _draw_cp(draw):
     ins, outs = draw(_draw_modes())
-    return math.prod(ins), math.prod(outs), {"input_factors": ins, "output_factors": outs, "rank": draw(st.integers(1, 5))}
+    modes = ins + outs
+    cap = math.prod(modes) // max(modes)  # every tensor of these modes has CP rank <= cap
+    kwargs = {"input_factors": ins, "output_factors": outs, "rank": draw(st.integers(1, min(5, cap)))}
+    return math.prod(ins), math.prod(outs), kwargs
 
 
 def _draw_lora(base):

@@ -85,3 +85,15 @@ def test_dynamic_batch_and_sequence_in_tf_function(case):
         y = fn(tf.constant(x))
         assert y.shape == shape[:-1] + (layer.units,)
         np.testing.assert_allclose(y.numpy(), _affine_reference(layer, x).numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("case", layer_params())
+def test_integer_inputs_are_cast_like_dense(case):
+    # Issue 16.14: Dense casts int inputs to its compute dtype; our layers failed on them.
+    layer = case.make()
+    ints = np.arange(2 * MATRIX_IN, dtype="int32").reshape(2, MATRIX_IN) % 5 - 2
+    layer.build((None, MATRIX_IN))
+    randomize_lora(layer)
+    bias = layer.dense_bias()
+    expected = ints @ case.reference_kernel(layer) + (0.0 if bias is None else bias.numpy())
+    np.testing.assert_allclose(layer(ints).numpy(), expected, rtol=1e-4, atol=1e-4)

@@ -11,7 +11,8 @@ import tf_keras as keras
 from tests.layers.registry import WIDE, layer_params, randomize_lora
 from tfreparam.export.model_io import input_names
 from tfreparam.export.runners import TFLiteRunner
-from tfreparam.export.tflite import convert, op_names, weight_buffers
+from tfreparam.export.flatbuffer import op_names, weight_buffers
+from tfreparam.export.tflite import convert
 
 _FLATBUFFER_OVERHEAD = 16 * 1024  # op/tensor tables of a one-layer model
 

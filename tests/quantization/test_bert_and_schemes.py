@@ -11,6 +11,7 @@ from tensorflow_model_optimization.python.core.quantization.keras import quantiz
 import bert
 import tfreparam as tr
 from tfreparam import quantization as tq
+from tfreparam.export import model_io
 from tfreparam.quantization import convert
 
 _BATCH, _SEQ = 8, 16
@@ -189,3 +190,77 @@ def test_collaborative_schemes_refuse_only_layers_that_carry_structure():
     model.get_layer("embedding").set_weights([table])
     with pytest.raises(ValueError, match=r"'embedding'.*cannot be quantized with scheme='pqat'"):
         tq.quantize_model(model, scheme="pqat")
+
+
+# -- calibrated QAT of a BERT factorized everywhere, to int8 TFLite ------------
+
+
+@pytest.fixture(scope="module")
+def low_rank_int8(tmp_path_factory):
+    """The issue's path: every projection LowRank, calibrated QAT, a few fit steps, int8 export."""
+    keras.utils.set_random_seed(0)
+    encoder = bert.build_encoder(bert.BertConfig.named("tiny", vocab_size=512), layer_policy={".*": tr.LowRank(rank=16)})
+    batches = [model_io.sample_inputs(encoder, batch_size=16, seq_length=_SEQ, seed=s) for s in range(2)]
+    qat = tq.quantize_model(encoder, calibration_data=batches)
+    inputs = {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
+    targets = encoder.predict(inputs, verbose=0)  # distil towards the float encoder
+    qat.compile(keras.optimizers.Adam(1e-4), loss={name: "mse" for name in targets})
+    qat.fit(inputs, targets, batch_size=16, epochs=1, verbose=0)
+    path = str(tmp_path_factory.mktemp("low_rank_int8") / "model.tflite")
+    tr.export.tflite(qat, path, mode="int8", seq_length=_SEQ, representative_data=batches, check=False)
+    return qat, path, inputs
+
+
+def test_calibrated_low_rank_bert_int8_matches_its_qat_model(low_rank_int8):
+    qat, path, inputs = low_rank_int8
+    report = tr.export.check_parity(qat, path, inputs, mode="qat")
+    assert report.outputs["sentence_embedding"].cosine_min >= 0.99, report
+    assert report.outputs["sequence_output"].cosine_min >= 0.99, report
+    assert set(convert.float_ops(open(path, "rb").read())) <= {"CAST"}
+
+
+def test_qat_bert_without_representative_data_is_not_passed_off_as_integer(low_rank_int8, tmp_path):
+    """QAT gives the running sum of the 3-input embedding Add no range: without data it stays float."""
+    qat, _, _ = low_rank_int8
+    with pytest.raises(tr.export.NotFullyIntegerError, match=r"float ops: ADD x2\. .*pass representative_data="):
+        tr.export.tflite(qat, str(tmp_path / "m.tflite"), mode="int8", seq_length=_SEQ)
+
+
+def test_int8_attention_ignores_padding(low_rank_int8):
+    """Padded tokens get no attention: changing them leaves every real token's output as it was.
+
+    LiteRT's broadcasting int8 ADD overflowed on the mask (scale ~1000x the
+    logits'), so padding got the *largest* logit instead of the smallest.
+    """
+    _, path, inputs = low_rank_int8
+    padded = (inputs["input_mask"] == 0).any(axis=1)
+    assert padded.sum() >= 8
+    inputs = {name: value[padded] for name, value in inputs.items()}
+    mask = inputs["input_mask"].astype(bool)
+    other = dict(inputs, input_word_ids=np.where(mask, inputs["input_word_ids"], 7).astype("int32"))
+    first = tr.export.run_artifact(path, inputs)["sequence_output"]
+    second = tr.export.run_artifact(path, other)["sequence_output"]
+    assert not np.array_equal(inputs["input_word_ids"], other["input_word_ids"])
+    np.testing.assert_array_equal(first[mask], second[mask])
+
+
+@pytest.mark.parametrize("center", [True, False])
+def test_layer_norm_without_beta_before_a_reshape_converts(center, tmp_path):
+    """A LayerNorm whose β is all zero (freshly built) or absent, feeding a factorized layer.
+
+    The converter drops `+ 0`; the LayerNorm's two fake-quants then sat back to
+    back with different calibrated ranges and the factorized layer's RESHAPE
+    failed: "quantization parameters violate the same scale constraint".
+    """
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((_SEQ, 32), name="x")
+    hidden = keras.layers.Dense(32, name="dense")(inputs)
+    hidden = keras.layers.LayerNormalization(center=center, name="layer_norm")(hidden)
+    model = keras.Model(inputs, tr.LowRankDense(8, rank=4, name="projection")(hidden))
+    rng = np.random.default_rng(1)
+    # Two batches of different spread, as real data has: the two ranges then differ.
+    batches = [{"x": rng.normal(size=(8, _SEQ, 32)).astype("float32") * spread} for spread in (1.0, 3.0)]
+    qat = tq.quantize_model(model, calibration_data=batches)
+    x = {"x": np.concatenate([b["x"] for b in batches])}
+    report = tr.export.tflite(qat, str(tmp_path / "m.tflite"), mode="int8", seq_length=None, sample_inputs=x)
+    assert report.outputs["output_0"].cosine_min >= 0.99, report

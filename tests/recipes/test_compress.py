@@ -160,7 +160,7 @@ def test_export_sizes_latencies_and_plot(first_run):
 
 
 def test_qat_stage_keeps_the_zeros_and_exports_fully_integer(first_run):
-    from tfreparam.export.tflite import float_ops
+    from tfreparam.export.flatbuffer import float_ops
 
     _, metrics, report_dir = first_run
     assert metrics["qat"]["scheme"] == "pqat" and metrics["qat"]["steps"] == 2

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from absl import app
 
-from recipes import finetune, optim, pretrain
+from recipes import finetune, optim, pretrain, task_model
 
 SAMPLE = os.path.join(os.path.dirname(os.path.dirname(__file__)), "fixtures", "pretraining_sample.txt")
 
@@ -141,7 +141,10 @@ def test_finetune_on_sentence_pairs_from_a_compressed_or_pretrained_encoder(two_
     assert settings["label_names"] == ["no", "yes"] and len(settings["dev"]) == 1
     metrics = finetune.run(settings)
     assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["eval_examples"] == 1
-    assert (tmp_path / "out" / "classifier.weights.h5").exists()
+    assert 0.0 <= metrics["macro_f1"] <= 1.0
+    loaded = task_model.load(str(tmp_path / "out"))  # a task-model directory that predicts pairs
+    assert loaded.text_fields == ["premise", "hypothesis"] and loaded.label_names == ["no", "yes"]
+    assert loaded.predict([settings["dev"][0]])[0] in ("no", "yes")
 
 
 def test_finetune_bad_files(tmp_path, pairs):

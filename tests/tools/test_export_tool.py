@@ -49,3 +49,11 @@ def test_usage_errors(tmp_path):
     result = _run(f"--model={tmp_path / 'nope.keras'}", f"--out={tmp_path / 'm.tflite'}")
     assert result.returncode != 0
     assert "No model at" in result.stderr
+
+
+def test_sequence_longer_than_the_models_positions_is_a_usage_error(tiny_bert_file, tmp_path):
+    result = _run(f"--model={tiny_bert_file}", f"--out={tmp_path / 'm.tflite'}", "--seq_length=1000")
+    assert result.returncode != 0
+    assert "--seq_length: seq_length=1000 exceeds the model's max_position_embeddings=512" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "m.tflite").exists()

@@ -196,8 +196,8 @@ def test_accumulation_equals_one_big_batch_closed_form():
     lr, k, micro = 0.1, 4, 8
     model = _linear_model()
     model.compile(optimizer=keras.optimizers.SGD(lr), loss="mse")
-    accumulation.accumulate_gradients(model, steps=k)
-    model.fit(x, y, batch_size=micro, epochs=1, shuffle=False, verbose=0)
+    trainer = accumulation.accumulate_gradients(model, steps=k)
+    trainer.fit(x, y, batch_size=micro, epochs=1, shuffle=False, verbose=0)
     # numpy reference: two updates, each on 32 consecutive rows.
     w, b = np.zeros((3, 1)), np.zeros(1)
     for start in (0, 32):
@@ -222,8 +222,7 @@ def test_accumulation_with_adam_equals_large_batch(case):
     small(x[:1])
     small.set_weights(start)
     small.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse")
-    accumulation.accumulate_gradients(small, steps=4)
-    small.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    accumulation.accumulate_gradients(small, steps=4).fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
     for a, b in zip(small.get_weights(), big.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
@@ -235,3 +234,32 @@ def test_accumulation_rejects_bad_arguments():
     model.compile(optimizer="sgd", loss="mse")
     with pytest.raises(ValueError, match="positive integer, got 0"):
         accumulation.accumulate_gradients(model, 0)
+
+
+def test_accumulation_with_loss_fn_trains_a_bert_pretrainer_like_one_big_batch():
+    """A model with its own train_step (BertPretrainer): 2 micro-batches of 4 == one batch of 8."""
+
+    def loss_fn(model, data):
+        values = model._pretraining_losses(data, model(data, training=True))
+        return values["mlm_loss"] + values["nsp_loss"], values
+
+    batch = _bert_batch(8, seed=4)
+    big = _bert_pretrainer()
+    big(batch)
+    start = big.get_weights()
+    big.compile(optimizer=keras.optimizers.SGD(0.5))
+    big.fit(tf.data.Dataset.from_tensor_slices(batch).batch(8), epochs=1, verbose=0)
+
+    small = _bert_pretrainer()
+    small(batch)
+    small.set_weights(start)
+    small.compile(optimizer=keras.optimizers.SGD(0.5))
+    trainer = accumulation.accumulate_gradients(small, steps=2, loss_fn=loss_fn)
+    logs = trainer.fit(tf.data.Dataset.from_tensor_slices(batch).batch(4), epochs=1, verbose=0).history
+    assert set(logs) == {"mlm_loss", "mlm_accuracy", "nsp_loss", "nsp_accuracy"}
+    assert "train_step" not in vars(small)  # the model itself is not patched
+    assert len(small.get_weights()) == len(start)
+    for a, b in zip(small.trainable_weights, big.trainable_weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-6, err_msg=a.name)
+    assert int(small.optimizer.iterations.numpy()) == 1
+    assert set(trainer.evaluate(batch, batch_size=4, verbose=0, return_dict=True)) >= {"loss", "mlm_loss"}

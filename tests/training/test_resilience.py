@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -139,3 +140,24 @@ def test_bad_arguments_are_explained(tmp_path):
     finite = lambda: tf.data.Dataset.from_tensor_slices((np.zeros((4, 2)), np.zeros((4, 1)))).batch(2)
     with pytest.raises(ValueError, match=r"needs an endless dataset \(call .repeat\(\)\)"):
         resilience.resumable_fit(model, finite, 1, 1, str(tmp_path))
+
+
+def test_every_checkpoint_corrupt_is_not_a_fresh_start(tmp_path):
+    manager, variable, prefixes = _checkpoints(tmp_path)
+    for prefix in prefixes:
+        os.remove(prefix + ".index")
+    with pytest.warns(RuntimeWarning, match=r"All 3 checkpoints in .* were rejected \(ckpt-3, ckpt-2, ckpt-1\)"):
+        result = manager.restore()
+    assert result.path is None and result.all_rejected
+    assert result.rejected == prefixes[::-1]
+    assert all("is partial" in reason for reason in result.skipped.values())
+    np.testing.assert_array_equal(variable.numpy(), np.zeros(64, np.float32))  # nothing was restored
+
+
+def test_a_fresh_directory_is_a_fresh_start(tmp_path):
+    variable = tf.Variable(np.zeros(64, np.float32))
+    manager = resilience.VerifiedCheckpoints(tf.train.Checkpoint(v=variable), str(tmp_path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = manager.restore()
+    assert (result.path, result.rejected, result.all_rejected) == (None, [], False)

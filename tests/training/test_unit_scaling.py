@@ -8,6 +8,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 import bert
+import tfreparam as tr
 from bert import unit_scaled
 from tfreparam.unit_scaling import ops
 
@@ -165,8 +166,10 @@ def test_bad_arguments_are_explained():
         ops.activation(tf.ones(2), tf.nn.silu, "swish")
     with pytest.raises(ValueError, match="add needs at least one tensor"):
         ops.add([])
-    with pytest.raises(ValueError, match="needs BertConfig\\(unit_scaled=True\\)"):
-        unit_scaled.build_pretrainer(bert.BertConfig.named("tiny"))
+    with pytest.raises(ValueError, match="supports Dense and LowRank projections only; the layer_policy gives "
+                                         "Kronecker for 'layer_0/ffn/output'"):
+        bert.build_encoder(bert.BertConfig.named("tiny", unit_scaled=True),
+                           layer_policy={r"layer_\d+/ffn/output": tr.Kronecker()})
 
 
 # -- RMS of every layer's output and gradient at initialisation, 12-layer BERT -----------------
@@ -234,10 +237,28 @@ def deep_bert_rms():
     for scaled in (True, False):
         keras.utils.set_random_seed(1)
         c = config.replace(unit_scaled=scaled)
-        pretrainer = (unit_scaled.build_pretrainer(c, max_predictions_per_seq=S) if scaled
-                      else bert.build_pretrainer(c, max_predictions_per_seq=S))
+        pretrainer = bert.build_pretrainer(c, max_predictions_per_seq=S)
         results[scaled] = _layer_rms(pretrainer, _features())
     return results
+
+
+def test_build_pretrainer_gives_a_unit_scaled_bert_its_unit_scaled_losses():
+    # The one `bert.build_pretrainer` follows the config: its MLM loss gradient wrt the logits is
+    # (softmax - one_hot) * weight * sqrt(vocab) per prediction, not the ordinary mean's / sum(weights).
+    config = bert.BertConfig(vocab_size=V, hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32,
+                             max_position_embeddings=S, hidden_dropout=0.0, attention_dropout=0.0, unit_scaled=True)
+    pretrainer = bert.build_pretrainer(config, max_predictions_per_seq=S)
+    features = _features()
+    features["masked_lm_weights"][:, S // 2:] = 0.0
+    with tf.GradientTape() as tape:
+        outputs = pretrainer(features)
+        loss = pretrainer._pretraining_losses(features, outputs)["mlm_loss"]
+    gradient = tape.gradient(loss, outputs["mlm_logits"]).numpy()
+    logits = outputs["mlm_logits"].numpy().astype("float64")
+    p = np.exp(logits - logits.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    expected = (p - np.eye(V)[features["masked_lm_ids"]]) * features["masked_lm_weights"][..., None] * math.sqrt(V)
+    np.testing.assert_allclose(gradient, expected, rtol=1e-4, atol=1e-6)
 
 
 _ATTENTION_INPUTS = ("attention/query", "attention/key", "attention/value", "attention/split")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 
@@ -33,3 +35,22 @@ def tail_norms(singular_values: np.ndarray) -> np.ndarray:
     squares = np.asarray(singular_values, dtype=np.float64) ** 2
     tails = np.concatenate([np.cumsum(squares[::-1])[::-1], [0.0]])
     return np.sqrt(tails)
+
+
+def max_block_terms(modes, ranks) -> int:
+    """How many Tucker blocks of `ranks` can already write *every* tensor of shape `modes` exactly.
+
+    Cut every mode j into ceil(n_j / R_j) slabs: each combination of slabs is a
+    sub-tensor one block covers, so prod_j ceil(n_j / R_j) blocks always
+    suffice. One mode j* need not be cut when R_j* reaches that mode's largest
+    possible rank min(n_j*, prod_{j≠j*} R_j). With every R_j = 1 (CP) this is
+    the classical bound: the product of all mode sizes but the largest.
+    """
+    modes, ranks = tuple(int(n) for n in modes), tuple(int(r) for r in ranks)
+    slabs = [-(-n // r) for n, r in zip(modes, ranks)]
+    best = math.prod(slabs)
+    for j, (n, r) in enumerate(zip(modes, ranks)):
+        others = math.prod(ranks[:j] + ranks[j + 1:])
+        if r >= min(n, others):
+            best = min(best, math.prod(slabs[:j] + slabs[j + 1:]))
+    return max(1, best)

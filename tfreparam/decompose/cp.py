@@ -2,13 +2,52 @@
 
 from __future__ import annotations
 
+import math
 import numbers
+from typing import Sequence
 
 import numpy as np
 
-from tfreparam.decompose import _validate
-from tfreparam.decompose._tensor import leading_left_singular_vectors, unfold
+import tfreparam.decompose.validation as validation
+from tfreparam.decompose._tensor import leading_left_singular_vectors, max_block_terms, unfold
+from tfreparam.decompose.budget import budget_params
 from tfreparam.decompose.factorization import Factorization
+from tfreparam.decompose.form import Form, register_form
+
+
+def _resolve(shape, *, input_factors, output_factors, rank):
+    ins, outs = validation.mode_factors(input_factors, output_factors, *shape)
+    return {"input_factors": ins, "output_factors": outs, "rank": validation.positive_int(rank, "rank")}
+
+
+def _limits(shape, config):
+    modes = config["input_factors"] + config["output_factors"]
+    cap = max_block_terms(modes, (1,) * len(modes))
+    return {"rank": (cap, f"every tensor with modes {modes} has CP rank <= {cap}, the product of all modes but the largest")}
+
+
+def _rebuild(f, shape, config):
+    modes = [f[f"factor_{j}"] for j in range(len(f))]
+    rank_axis = len(modes)
+    operands = []
+    for j, factor in enumerate(modes):
+        operands += [factor, [j, rank_axis]]
+    return np.einsum(*operands, list(range(len(modes))), optimize=True).reshape(shape)
+
+
+CP = register_form(Form(
+    "cp", _resolve,
+    count=lambda shape, config: config["rank"] * sum(config["input_factors"] + config["output_factors"]),
+    limits=_limits, rebuild=_rebuild, budget_size="rank",
+))
+
+
+def cp_rank_for_budget(input_factors: Sequence[int], output_factors: Sequence[int], fraction: float) -> int:
+    """Largest CP rank R with R * sum(mode sizes) <= fraction*in*out, at least 1 and at most the cap."""
+    ins = validation.int_tuple(input_factors, "input_factors")
+    outs = validation.int_tuple(output_factors, "output_factors")
+    shape = (math.prod(ins), math.prod(outs))
+    return CP.size_for_budget(shape, budget_params(fraction, shape[0] * shape[1]), input_factors=ins, output_factors=outs)
 
 
 def cp_als(
@@ -27,12 +66,11 @@ def cp_als(
     sorted by weight, with λ_r spread evenly as λ_r^(1/m) over the m factors.
     info: "converged", "n_iter" (sweeps run), "fit_history", "weights" (λ).
     """
-    W = _validate.kernel(W)
-    ins, outs = _validate.mode_factors(input_factors, output_factors, *W.shape)
-    modes = ins + outs
-    rank = _validate.positive_int(rank, "rank")
-    n_iter = _validate.positive_int(n_iter, "n_iter")
-    tol = _validate.nonnegative_float(tol, "tol")
+    W = validation.kernel(W)
+    config = CP.config(W.shape, input_factors=input_factors, output_factors=output_factors, rank=rank)
+    modes, rank = config["input_factors"] + config["output_factors"], config["rank"]
+    n_iter = validation.positive_int(n_iter, "n_iter")
+    tol = validation.nonnegative_float(tol, "tol")
     if init not in ("svd", "random"):
         raise ValueError(f"init must be 'svd' or 'random'; got {init!r}.")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
@@ -54,12 +92,7 @@ def cp_als(
         "init": init,
     }
     return Factorization.from_factors(
-        method="cp_als",
-        layer="cp",
-        factors=named,
-        layer_kwargs={"input_factors": ins, "output_factors": outs, "rank": rank},
-        kernel=W,
-        info=info,
+        method="cp_als", form=CP, factors=named, layer_config=config, kernel=W, info=info,
     )
 
 

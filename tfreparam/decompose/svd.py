@@ -12,8 +12,10 @@ import warnings
 
 import numpy as np
 
-from tfreparam.decompose import _validate
+import tfreparam.decompose.validation as validation
+from tfreparam.decompose.budget import budget_count, budget_params
 from tfreparam.decompose.factorization import Factorization
+from tfreparam.decompose.form import Form, register_form
 
 # Default first relative damping tried on a singular Gram matrix (× mean(diag G)).
 DEFAULT_DAMPING = 1e-6
@@ -27,6 +29,30 @@ _MAX_DAMPING = 1.0
 _IMPORTANCE_FLOOR = 1e-6
 
 
+def _resolve(shape, *, rank):
+    return {"rank": validation.positive_int(rank, "rank")}
+
+
+def _limits(shape, config):
+    return {"rank": (min(shape), f"min(in_features, out_features) for a kernel of shape {tuple(shape)}")}
+
+
+LOW_RANK = register_form(Form(
+    name="low_rank",
+    resolve=_resolve,
+    count=lambda shape, config: config["rank"] * (shape[0] + shape[1]),
+    limits=_limits,
+    rebuild=lambda f, shape, config: f["u"] @ f["v"],
+    budget_size="rank",
+))
+
+
+def low_rank_rank_for_budget(in_features: int, out_features: int, fraction: float) -> int:
+    """Largest r with r*(in+out) <= fraction*in*out, at least 1 and at most min(in, out)."""
+    shape = validation.shape((in_features, out_features))
+    return LOW_RANK.size_for_budget(shape, budget_params(fraction, shape[0] * shape[1]))
+
+
 def svd(W, rank=None, energy=None, param_budget=None) -> Factorization:
     """Truncated SVD, the best rank-r approximation in Frobenius norm (Eckart–Young).
 
@@ -34,7 +60,7 @@ def svd(W, rank=None, energy=None, param_budget=None) -> Factorization:
     smallest rank reaching it); `param_budget`, the most parameters r*(in+out)
     allowed, an int count or a float in (0, 1] meaning that share of in*out.
     """
-    W = _validate.kernel(W)
+    W = validation.kernel(W)
     u_mat, s, vt = np.linalg.svd(W, full_matrices=False)
     r, selected_by = _select_rank(s, W.shape, rank, energy, param_budget)
     u = u_mat[:, :r] * np.sqrt(s[:r])
@@ -55,9 +81,9 @@ def whitened_svd(W, gram, rank=None, energy=None, param_budget=None, damping=Non
     1e-6 grows ×10 until the Cholesky factor is usable; that is reported with
     a warning and in `info["damping"]`. `output_error` uses the undamped G.
     """
-    W = _validate.kernel(W)
+    W = validation.kernel(W)
     G = _gram(gram, W.shape[0])
-    requested = None if damping is None else _validate.nonnegative_float(damping, "damping")
+    requested = None if damping is None else validation.nonnegative_float(damping, "damping")
     S, applied, absolute = _whitening_factor(G, requested)
     u_mat, s, vt = np.linalg.svd(S.T @ W, full_matrices=False)
     r, selected_by = _select_rank(s, W.shape, rank, energy, param_budget)
@@ -77,7 +103,7 @@ def fisher_svd(W, row_importance, rank=None, energy=None, param_budget=None) -> 
     (counted in `info["floored_rows"]`); the truncation then simply projects
     those rows onto the kept subspace.
     """
-    W = _validate.kernel(W)
+    W = validation.kernel(W)
     weights = np.sqrt(_importance(row_importance, W.shape[0]))
     floor = _IMPORTANCE_FLOOR * float(weights.max())
     floored = int(np.count_nonzero(weights < floor))
@@ -101,24 +127,18 @@ def _low_rank(method, W, u, s, vt, r, selected_by, extra, gram=None) -> Factoriz
         **extra,
     }
     return Factorization.from_factors(
-        method=method, layer="low_rank", factors={"u": u, "v": v},
-        layer_kwargs={"rank": r}, kernel=W, info=info, gram=gram,
+        method=method, form=LOW_RANK, factors={"u": u, "v": v},
+        layer_config={"rank": r}, kernel=W, info=info, gram=gram,
     )
 
 
 def _select_rank(s: np.ndarray, shape, rank, energy, param_budget) -> tuple[int, str]:
     """The rank from exactly one of rank / energy / param_budget, and which one chose it."""
-    which = _validate.one_of(rank=rank, energy=energy, param_budget=param_budget)
+    which = validation.one_of(rank=rank, energy=energy, param_budget=param_budget)
     in_features, out_features = shape
     max_rank = min(in_features, out_features)
     if which == "rank":
-        r = _validate.positive_int(rank, "rank")
-        if r > max_rank:
-            raise ValueError(
-                f"rank={r} exceeds min(in_features, out_features) = {max_rank} for W of shape "
-                f"{tuple(shape)}; use a rank <= {max_rank}."
-            )
-        return r, which
+        return LOW_RANK.config(shape, rank=rank)["rank"], which
     if which == "energy":
         if isinstance(energy, bool) or not isinstance(energy, numbers.Real) or not 0 < energy <= 1:
             raise ValueError(
@@ -131,7 +151,7 @@ def _select_rank(s: np.ndarray, shape, rank, energy, param_budget) -> tuple[int,
         # Relative slack so that energy=1.0 is not defeated by rounding in the sum.
         reached = np.cumsum(squares) >= float(energy) * total * (1 - 1e-12)
         return int(np.argmax(reached)) + 1, which
-    budget = _param_budget(param_budget, in_features * out_features)
+    budget = budget_count(param_budget, in_features * out_features)
     per_rank = in_features + out_features
     if budget < per_rank:
         raise ValueError(
@@ -140,24 +160,6 @@ def _select_rank(s: np.ndarray, shape, rank, energy, param_budget) -> tuple[int,
             f"raise the budget to at least {per_rank}."
         )
     return min(budget // per_rank, max_rank), which
-
-
-def _param_budget(param_budget, dense_params: int) -> int:
-    if isinstance(param_budget, (bool, np.bool_)) or not isinstance(param_budget, numbers.Real):
-        raise ValueError(
-            f"param_budget must be an int (a parameter count) or a float in (0, 1] "
-            f"(a share of in*out = {dense_params}); got {param_budget!r}."
-        )
-    if isinstance(param_budget, numbers.Integral):
-        return _validate.positive_int(param_budget, "param_budget (a parameter count)")
-    if not 0 < param_budget <= 1:
-        raise ValueError(
-            f"A float param_budget is a share of in*out = {dense_params} and must be in (0, 1]; "
-            f"got {param_budget!r}. Pass an int for an absolute parameter count."
-        )
-    from tfreparam.decompose.budget import budget_params
-
-    return budget_params(param_budget, dense_params)
 
 
 def _gram(gram, in_features: int) -> np.ndarray:
@@ -188,6 +190,13 @@ def _gram(gram, in_features: int) -> np.ndarray:
         raise ValueError(
             f"gram has a negative diagonal entry G[{worst}, {worst}] = {diagonal[worst]:.3g}; "
             "the diagonal of XᵀX is a sum of squares and cannot be negative."
+        )
+    if not np.any(diagonal > 0):
+        # A PSD matrix with a zero diagonal is zero: the inputs carried no signal to whiten by.
+        raise ValueError(
+            "gram is all zero, so the calibration inputs of this layer were all zero: there is no "
+            "calibration signal to whiten by. Check calibration_data (real, non-padding inputs), "
+            "or use the plain svd()."
         )
     return (G + G.T) / 2
 

@@ -3,13 +3,64 @@
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import numpy as np
 
-from tfreparam.decompose import _validate
+import tfreparam.decompose.validation as validation
 from tfreparam.decompose._tensor import tail_norms
-from tfreparam.decompose.budget import tt_max_ranks
+from tfreparam.decompose.budget import budget_params
 from tfreparam.decompose.factorization import Factorization
+from tfreparam.decompose.form import Form, register_form
+
+
+def tt_max_ranks(input_factors: Sequence[int], output_factors: Sequence[int]) -> tuple[int, ...]:
+    """Largest useful inner ranks of a TT/MPO kernel: min(prod n[:k+1], prod n[k+1:]), n_k = in_k*out_k."""
+    pairs = [i * o for i, o in zip(input_factors, output_factors)]
+    return tuple(
+        min(math.prod(pairs[: k + 1]), math.prod(pairs[k + 1 :])) for k in range(len(pairs) - 1)
+    )
+
+
+def _resolve(shape, *, input_factors, output_factors, ranks):
+    ins, outs = validation.paired_factors(input_factors, output_factors, *shape)
+    return {"input_factors": ins, "output_factors": outs,
+            "ranks": validation.rank_tuple(ranks, "ranks", tt_max_ranks(ins, outs))}
+
+
+def _limits(shape, config):
+    caps = tt_max_ranks(config["input_factors"], config["output_factors"])
+    return {"ranks": (caps, "min(prod n[:k+1], prod n[k+1:]) per bond, n_k = in_k*out_k: the rank of each unfolding")}
+
+
+def _count(shape, config):
+    ins, outs = config["input_factors"], config["output_factors"]
+    bonds = (1,) + tuple(config["ranks"]) + (1,)
+    return sum(bonds[k] * ins[k] * outs[k] * bonds[k + 1] for k in range(len(ins)))
+
+
+def _rebuild(f, shape, config):
+    # Grow (rows, cols, bond) one core at a time; rows and cols stay row-major.
+    result = f["core_0"][0]
+    for k in range(1, len(f)):
+        core = f[f"core_{k}"]
+        result = np.einsum("abr,rcds->acbds", result, core)
+        s = result.shape
+        result = result.reshape(s[0] * s[1], s[2] * s[3], s[4])
+    return result.reshape(shape)
+
+
+TENSOR_TRAIN = register_form(Form("tensor_train", _resolve, _count, _limits, _rebuild, budget_size="ranks"))
+
+
+def tt_rank_for_budget(input_factors: Sequence[int], output_factors: Sequence[int], fraction: float) -> int:
+    """Largest uniform inner TT rank (each bond capped at its maximum) within the budget, at least 1."""
+    ins = validation.int_tuple(input_factors, "input_factors")
+    outs = validation.int_tuple(output_factors, "output_factors")
+    validation.check_paired(ins, outs)
+    shape = (math.prod(ins), math.prod(outs))
+    return TENSOR_TRAIN.size_for_budget(
+        shape, budget_params(fraction, shape[0] * shape[1]), input_factors=ins, output_factors=outs)
 
 
 def tt_svd(W, input_factors, output_factors, ranks=None, eps=None) -> Factorization:
@@ -23,8 +74,8 @@ def tt_svd(W, input_factors, output_factors, ranks=None, eps=None) -> Factorizat
     <= eps. The cores come out left-orthonormal except the last, which holds
     the scale. Maximal ranks reproduce W exactly.
     """
-    W = _validate.kernel(W)
-    ins, outs = _validate.paired_factors(input_factors, output_factors, *W.shape)
+    W = validation.kernel(W)
+    ins, outs = validation.paired_factors(input_factors, output_factors, *W.shape)
     if ranks is None and eps is None:
         raise ValueError(
             "tt_svd needs ranks= (an int cap or a tuple of inner ranks), eps= (a target "
@@ -35,10 +86,10 @@ def tt_svd(W, input_factors, output_factors, ranks=None, eps=None) -> Factorizat
     if ranks is None:
         rank_caps = caps
     else:
-        rank_caps = _validate.rank_tuple(ranks, "ranks", caps)
+        rank_caps = validation.rank_tuple(ranks, "ranks", caps)
         _check_reachable(rank_caps, pairs)
     if eps is not None:
-        eps = _validate.nonnegative_float(eps, "eps")
+        eps = validation.nonnegative_float(eps, "eps")
     d = len(pairs)
 
     # Interleave to (i1, o1, i2, o2, ...) so each TT mode is one (in_k, out_k) pair.
@@ -73,9 +124,9 @@ def tt_svd(W, input_factors, output_factors, ranks=None, eps=None) -> Factorizat
     }
     return Factorization.from_factors(
         method="tt_svd",
-        layer="tensor_train",
+        form=TENSOR_TRAIN,
         factors=cores,
-        layer_kwargs={"input_factors": ins, "output_factors": outs, "ranks": tuple(bond_ranks)},
+        layer_config={"input_factors": ins, "output_factors": outs, "ranks": tuple(bond_ranks)},
         kernel=W,
         info=info,
     )

@@ -2,11 +2,54 @@
 
 from __future__ import annotations
 
+import math
+from typing import Sequence
+
 import numpy as np
 
-from tfreparam.decompose import _validate
+import tfreparam.decompose.validation as validation
 from tfreparam.decompose._tensor import leading_left_singular_vectors, mode_dot, unfold
+from tfreparam.decompose.budget import budget_params
 from tfreparam.decompose.factorization import Factorization
+from tfreparam.decompose.form import Form, register_form
+
+
+def _resolve(shape, *, input_factors, output_factors, ranks):
+    ins, outs = validation.mode_factors(input_factors, output_factors, *shape)
+    return {"input_factors": ins, "output_factors": outs, "ranks": validation.rank_tuple(ranks, "ranks", ins + outs)}
+
+
+def _limits(shape, config):
+    return {"ranks": (config["input_factors"] + config["output_factors"], "each mode's size")}
+
+
+def _count(shape, config):
+    modes = config["input_factors"] + config["output_factors"]
+    return math.prod(config["ranks"]) + sum(n * r for n, r in zip(modes, config["ranks"]))
+
+
+def tucker_tensor(core: np.ndarray, bases) -> np.ndarray:
+    """core ×_1 U_1 ··· ×_m U_m."""
+    tensor = core
+    for j, basis in enumerate(bases):
+        tensor = mode_dot(tensor, basis, j)
+    return tensor
+
+
+def _rebuild(f, shape, config):
+    return tucker_tensor(f["core"], [f[f"factor_{j}"] for j in range(f["core"].ndim)]).reshape(shape)
+
+
+TUCKER = register_form(Form("tucker", _resolve, _count, _limits, _rebuild, budget_size="ranks"))
+
+
+def tucker_rank_for_budget(input_factors: Sequence[int], output_factors: Sequence[int], fraction: float) -> int:
+    """Largest uniform Tucker rank (each mode capped at its size) within the budget, at least 1."""
+    ins = validation.int_tuple(input_factors, "input_factors")
+    outs = validation.int_tuple(output_factors, "output_factors")
+    shape = (math.prod(ins), math.prod(outs))
+    return TUCKER.size_for_budget(
+        shape, budget_params(fraction, shape[0] * shape[1]), input_factors=ins, output_factors=outs)
 
 
 def tucker(W, input_factors, output_factors, ranks, n_iter=0, tol=1e-8) -> Factorization:
@@ -20,29 +63,16 @@ def tucker(W, input_factors, output_factors, ranks, n_iter=0, tol=1e-8) -> Facto
     exact. info: "error_history" (HOSVD first, then one entry per sweep),
     "iterations", "converged" (True when a sweep improved by < tol).
     """
-    W = _validate.kernel(W)
-    ins, outs = _validate.mode_factors(input_factors, output_factors, *W.shape)
-    modes = ins + outs
-    ranks = _validate.rank_tuple(ranks, "ranks", modes)
-    n_iter = _validate.nonnegative_int(n_iter, "n_iter")
-    tol = _validate.nonnegative_float(tol, "tol")
+    W = validation.kernel(W)
+    config = TUCKER.config(W.shape, input_factors=input_factors, output_factors=output_factors, ranks=ranks)
+    modes, ranks = config["input_factors"] + config["output_factors"], config["ranks"]
+    n_iter = validation.nonnegative_int(n_iter, "n_iter")
+    tol = validation.nonnegative_float(tol, "tol")
 
     tensor = W.reshape(modes)
-    norm = float(np.linalg.norm(tensor))
     bases = [leading_left_singular_vectors(unfold(tensor, j), ranks[j]) for j in range(len(modes))]
-    core = _project(tensor, bases)
-    history = [_error(tensor, core, bases, norm)]
-    converged, sweeps = False, 0
-    for _ in range(n_iter):
-        for j in range(len(modes)):
-            partial = _project(tensor, bases, skip=j)
-            bases[j] = leading_left_singular_vectors(unfold(partial, j), ranks[j])
-        core = _project(tensor, bases)
-        history.append(_error(tensor, core, bases, norm))
-        sweeps += 1
-        if history[-2] - history[-1] < tol:
-            converged = True
-            break
+    core, bases, history, converged = hooi(tensor, bases, n_iter, tol)
+    sweeps = len(history) - 1
 
     factors = {"core": core, **{f"factor_{j}": basis for j, basis in enumerate(bases)}}
     info = {
@@ -52,16 +82,37 @@ def tucker(W, input_factors, output_factors, ranks, n_iter=0, tol=1e-8) -> Facto
         "converged": converged,
     }
     return Factorization.from_factors(
-        method="tucker",
-        layer="tucker",
-        factors=factors,
-        layer_kwargs={"input_factors": ins, "output_factors": outs, "ranks": ranks},
-        kernel=W,
-        info=info,
+        method="tucker", form=TUCKER, factors=factors, layer_config=config, kernel=W, info=info,
     )
 
 
-def _project(tensor: np.ndarray, bases: list[np.ndarray], skip: int | None = None) -> np.ndarray:
+def hooi(tensor: np.ndarray, bases: list[np.ndarray], n_iter: int, tol: float):
+    """Up to `n_iter` HOOI sweeps from `bases`: (core, bases, error history, converged).
+
+    Each sweep re-fits every U_j with the others fixed (its leading left
+    singular vectors of the tensor projected on the other bases), so the error
+    never increases; it stops once a sweep improves it by less than `tol`.
+    The history starts with the error of the starting bases.
+    """
+    bases = list(bases)
+    ranks = [basis.shape[1] for basis in bases]
+    norm = float(np.linalg.norm(tensor))
+    core = project(tensor, bases)
+    history = [_error(tensor, core, bases, norm)]
+    converged = False
+    for _ in range(n_iter):
+        for j in range(len(bases)):
+            partial = project(tensor, bases, skip=j)
+            bases[j] = leading_left_singular_vectors(unfold(partial, j), ranks[j])
+        core = project(tensor, bases)
+        history.append(_error(tensor, core, bases, norm))
+        if history[-2] - history[-1] < tol:
+            converged = True
+            break
+    return core, bases, history, converged
+
+
+def project(tensor: np.ndarray, bases: list[np.ndarray], skip: int | None = None) -> np.ndarray:
     """tensor ×_j U_jᵀ for every mode j except `skip`."""
     for j, basis in enumerate(bases):
         if j != skip:
@@ -71,7 +122,4 @@ def _project(tensor: np.ndarray, bases: list[np.ndarray], skip: int | None = Non
 
 def _error(tensor, core, bases, norm) -> float:
     # Measured directly: norm² - ||core||² cancels badly once the error is small.
-    approx = core
-    for j, basis in enumerate(bases):
-        approx = mode_dot(approx, basis, j)
-    return float(np.linalg.norm(tensor - approx) / norm) if norm > 0 else 0.0
+    return float(np.linalg.norm(tensor - tucker_tensor(core, bases)) / norm) if norm > 0 else 0.0

@@ -53,6 +53,46 @@ def input_specs(model: keras.Model, seq_length: int | None = None, batch_size: i
     return specs
 
 
+# The sequence length exporters fix when none is given (capped by the model's positions).
+DEFAULT_SEQ_LENGTH = 128
+_POSITION_LAYER_NAMES = ("position", "position_embedding", "position_embeddings")
+
+
+def max_positions(model: keras.Model) -> int | None:
+    """Rows of the model's position-embedding table (the longest sequence it takes), or None.
+
+    Found by class name (`*PositionEmbedding*`) or layer name (`.../position`,
+    `position_embedding(s)`), so that this package needs nothing from `bert`;
+    TFMOT wrappers are looked through.
+    """
+    for layer in model.layers:
+        inner = getattr(layer, "layer", layer)
+        by_class = "positionembedding" in type(inner).__name__.lower()
+        if not by_class and inner.name.split("/")[-1] not in _POSITION_LAYER_NAMES:
+            continue
+        tables = [w for w in inner.weights if w.shape.rank == 2]
+        if tables:
+            return int(tables[0].shape[0])
+    return None
+
+
+def resolve_seq_length(model: keras.Model, seq_length) -> int | None:
+    """`seq_length` checked against the model's positions; "auto" -> min(128, positions)."""
+    positions = max_positions(model)
+    if seq_length == "auto":
+        return DEFAULT_SEQ_LENGTH if positions is None else min(DEFAULT_SEQ_LENGTH, positions)
+    if seq_length is None:
+        return None
+    if isinstance(seq_length, bool) or not isinstance(seq_length, (int, np.integer)) or seq_length < 1:
+        raise ValueError(f"seq_length must be a positive integer, None (dynamic) or 'auto'; got {seq_length!r}.")
+    if positions is not None and seq_length > positions:
+        raise ValueError(
+            f"seq_length={seq_length} exceeds the model's max_position_embeddings={positions} (rows of its "
+            f"position-embedding table); export with seq_length <= {positions}."
+        )
+    return int(seq_length)
+
+
 def output_names(model: keras.Model) -> list[str]:
     """Flat output names, in the order of `tf.nest.flatten` of `serving_fn`'s result."""
     return sorted(_as_output_dict(_structured_outputs(model), model).keys())

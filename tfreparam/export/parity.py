@@ -18,6 +18,7 @@ from typing import Mapping, Optional
 import numpy as np
 
 from tfreparam.export import model_io, runners
+from tfreparam.export.artifacts import artifact_format
 
 SENTENCE_EMBEDDING = "sentence_embedding"
 
@@ -169,35 +170,6 @@ def _with_sentence_embedding(outputs, inputs):
     return outputs
 
 
-def artifact_format(artifact: str) -> str:
-    """'tflite', 'onnx' or 'saved_model', from the path."""
-    path = os.fspath(artifact)
-    if path.endswith(".tflite"):
-        return "tflite"
-    if path.endswith(".onnx"):
-        return "onnx"
-    if os.path.isdir(path) and os.path.isfile(os.path.join(path, "saved_model.pb")):
-        return "saved_model"
-    raise ValueError(
-        f"{path!r} is not an export artifact: expected a .tflite file, an .onnx file or a SavedModel "
-        "directory (with saved_model.pb)."
-    )
-
-
-def artifact_bytes(artifact: str) -> int:
-    """Size on disk of a `.tflite` / `.onnx` file or a SavedModel directory (all its files)."""
-    if os.path.isdir(artifact):
-        return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(artifact) for f in files)
-    return os.path.getsize(artifact)
-
-
-def run_artifact(artifact: str, inputs: Mapping[str, np.ndarray], signature: str = "serving_default") -> dict:
-    """Runs an exported artifact on named numpy inputs -> dict of named float64 outputs."""
-    if not os.path.exists(artifact):
-        raise ValueError(f"No artifact at {artifact!r}.")
-    return runners.runner_for(artifact, signature).run(inputs)
-
-
 def check_parity(model, artifact: str, inputs: Mapping[str, np.ndarray], tolerance: Tolerance | None = None,
                  mode: str = "fp32", signature: str = "serving_default", runner=None) -> ParityReport:
     """Runs `artifact` and `model` on `inputs` and compares every output.
@@ -222,7 +194,7 @@ def check_parity(model, artifact: str, inputs: Mapping[str, np.ndarray], toleran
     inputs = {name: np.asarray(value) for name, value in inputs.items()}
     reference = model_io.run_keras(model, inputs)
     if runner is None:
-        actual = run_artifact(os.fspath(artifact), inputs, signature)
+        actual = runners.run_artifact(os.fspath(artifact), inputs, signature)
     else:
         actual = runner.run(inputs)
     if _pools_sentences(model):

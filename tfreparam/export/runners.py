@@ -1,15 +1,19 @@
 """Run exported artifacts on named numpy inputs: LiteRT, onnxruntime and SavedModel.
 
 Each runner loads its artifact once; `run(inputs)` returns a dict of named
-float64 outputs, and `latency(inputs)` times repeated calls.
+float64 outputs, and `latency(inputs)` times repeated calls. `run_artifact`
+loads and runs an artifact in one call.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Mapping
 
 import numpy as np
+
+from tfreparam.export.artifacts import artifact_format
 
 
 def _check_names(expected, given, where):
@@ -133,11 +137,16 @@ class SavedModelRunner(_Runner):
 
 
 def runner_for(artifact: str, signature: str = "serving_default") -> _Runner:
-    from tfreparam.export.parity import artifact_format  # parity imports this module
-
     kind = artifact_format(artifact)
     if kind == "tflite":
         return TFLiteRunner(artifact, signature)
     if kind == "onnx":
         return OnnxRunner(artifact)
     return SavedModelRunner(artifact, signature)
+
+
+def run_artifact(artifact: str, inputs: Mapping[str, np.ndarray], signature: str = "serving_default") -> dict:
+    """Runs an exported artifact on named numpy inputs -> dict of named float64 outputs."""
+    if not os.path.exists(artifact):
+        raise ValueError(f"No artifact at {artifact!r}.")
+    return runner_for(artifact, signature).run(inputs)

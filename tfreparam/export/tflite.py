@@ -4,7 +4,8 @@ The route is Model Garden's: the model is traced into one serving function,
 saved as a SavedModel and converted from there (`from_saved_model` keeps the
 signature's input/output names, which the LiteRT signature runner uses).
 Sequence axes are fixed to `seq_length` (TFLite kernels are fastest with
-static shapes); the batch axis stays dynamic.
+static shapes; default: 128, or the model's max_position_embeddings if
+smaller); the batch axis stays dynamic.
 
 Modes:
   fp32     no optimisation.
@@ -21,8 +22,10 @@ Modes:
            accelerators: LiteRT's int16 CPU kernels are unoptimised (MiniLM
            runs ~35x slower than fp32).
 
-Every converted model's op list is read from the flatbuffer; a Flex
-(SELECT_TF) or custom op raises `UnsupportedOpsError` naming it.
+Representative data is checked before conversion (`representative`). Every
+converted model's op list is read from the flatbuffer (`flatbuffer`): a Flex
+(SELECT_TF) or custom op raises `UnsupportedOpsError` naming it, and an int8
+/ int16x8 file that kept float ops raises `NotFullyIntegerError` naming them.
 """
 
 from __future__ import annotations
@@ -31,139 +34,43 @@ import os
 import re
 import tempfile
 import warnings
-from typing import Callable, Iterable, Mapping, Optional
+from typing import Mapping, Optional
 
 import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from tfreparam.export import int16_layer_norm, model_io, parity
+from tfreparam.export import flatbuffer, int16_layer_norm, model_io, parity, representative
+from tfreparam.export.flatbuffer import UnsupportedOpsError
 
 MODES = ("fp32", "fp16", "dynamic", "int8", "int16x8")
+_FULL_INTEGER = ("int8", "int16x8")
 
 
-class UnsupportedOpsError(ValueError):
-    """The model uses TensorFlow ops that have no TFLite builtin kernel."""
+class NotFullyIntegerError(ValueError):
+    """A full-integer (int8 / int16x8) conversion kept float ops."""
 
-    def __init__(self, ops, detail=""):
-        self.ops = sorted(set(ops))
-        super().__init__(
-            f"The model uses ops with no TFLite builtin: {', '.join(self.ops) or '(see below)'}. TFLite "
-            "exports here use builtin ops only (no Flex / SELECT_TF_OPS, which need the full TensorFlow "
-            "runtime on the device). Rewrite the layer with builtin-friendly ops (e.g. keep string "
-            "processing outside the model) or export to SavedModel/ONNX instead." + (f"\n{detail}" if detail else "")
-        )
-
-
-def op_names(flatbuffer: bytes) -> list[str]:
-    """Sorted names of the operators in a `.tflite` flatbuffer (custom/Flex ops by their custom code)."""
-    from tensorflow.lite.tools import flatbuffer_utils
-
-    model = flatbuffer_utils.read_model_from_bytearray(bytearray(flatbuffer))
-    names = set()
-    for code in model.operatorCodes:
-        if code.customCode:
-            name = code.customCode.decode() if isinstance(code.customCode, bytes) else str(code.customCode)
-            names.add(name if name.startswith("Flex") else f"CUSTOM:{name}")
+    def __init__(self, mode, ops, uncalibrated_qat=False):
+        self.ops = dict(ops)
+        listed = ", ".join(f"{name} x{count}" for name, count in sorted(self.ops.items()))
+        if uncalibrated_qat:
+            remedy = ("This quantization-aware model leaves some tensors without a fake-quant range (e.g. the "
+                      "running sum of a 3-input Add): pass representative_data=... (a few real batches) so the "
+                      "converter calibrates them.")
         else:
-            builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
-            names.add(_builtin_name(builtin))
-    return sorted(names)
+            remedy = ("An op with no integer kernel, or a tensor without a usable calibrated range, stays float: "
+                      "replace those ops or calibrate on more representative data, or export with mode='dynamic'.")
+        super().__init__(
+            f"mode={mode!r} asks for a fully integer file, but the converter left float ops: {listed}. {remedy}")
 
 
-def _builtin_name(code: int) -> str:
-    from tensorflow.lite.python import schema_py_generated as schema
-
-    for name, value in vars(schema.BuiltinOperator).items():
-        if value == code and not name.startswith("_"):
-            return name
-    return f"BUILTIN_{code}"
-
-
-def check_builtin_only(flatbuffer: bytes) -> list[str]:
-    """The op names; raises `UnsupportedOpsError` if any is a Flex or custom op."""
-    names = op_names(flatbuffer)
-    bad = [name for name in names if name.startswith(("Flex", "CUSTOM"))]
-    if bad:
-        raise UnsupportedOpsError(bad)
-    return names
-
-
-# Ops the converter quantizes to int16 in 16x8 mode although the LiteRT runtime
-# (ai-edge-litert 2.3) has no int16 kernel for them: SQUARED_DIFFERENCE (Keras'
-# LayerNorm variance; see int16_layer_norm) fails to invoke, or aborts the process.
-_NO_INT16_KERNEL = ("SQUARED_DIFFERENCE",)
-
-
-def _int16_ops_without_kernel(flatbuffer: bytes) -> list[str]:
-    from tensorflow.lite.python import schema_py_generated as schema
-    from tensorflow.lite.tools import flatbuffer_utils
-
-    model = flatbuffer_utils.read_model_from_bytearray(bytearray(flatbuffer))
-    found = set()
-    for subgraph in model.subgraphs:
-        for op in subgraph.operators:
-            code = model.operatorCodes[op.opcodeIndex]
-            name = _builtin_name(max(code.builtinCode, code.deprecatedBuiltinCode))
-            if name in _NO_INT16_KERNEL and any(
-                    i >= 0 and subgraph.tensors[i].type == schema.TensorType.INT16 for i in op.inputs):
-                found.add(name)
-    return sorted(found)
-
-
-def weight_buffers(flatbuffer: bytes) -> list[np.ndarray]:
-    """The constant tensors stored in the file, decoded with their dtypes (for size and sparsity checks)."""
-    from tensorflow.lite.python import schema_py_generated as schema
-    from tensorflow.lite.tools import flatbuffer_utils
-
-    model = flatbuffer_utils.read_model_from_bytearray(bytearray(flatbuffer))
-    dtypes = {schema.TensorType.FLOAT32: np.float32, schema.TensorType.FLOAT16: np.float16,
-              schema.TensorType.INT8: np.int8, schema.TensorType.INT32: np.int32,
-              schema.TensorType.INT16: np.int16, schema.TensorType.INT64: np.int64,
-              schema.TensorType.UINT8: np.uint8}
-    result = []
-    seen = set()
-    for subgraph in model.subgraphs:
-        for tensor in subgraph.tensors:
-            buffer = model.buffers[tensor.buffer]
-            if tensor.buffer in seen or buffer.data is None or len(buffer.data) == 0:
-                continue
-            seen.add(tensor.buffer)
-            dtype = dtypes.get(tensor.type)
-            if dtype is not None:
-                result.append(np.frombuffer(bytes(bytearray(buffer.data)), dtype=dtype))
-    return result
-
-
-def _representative_fn(data, specs) -> Callable:
-    """Converter callback yielding named input dicts (a dict of arrays, or an iterable of dicts)."""
-    if isinstance(data, Mapping):
-        data = [data]
-
-    def generate():
-        count = 0
-        for item in data:
-            if not isinstance(item, Mapping):
-                raise TypeError(
-                    "representative_data must be dicts of input name -> array (one batch each); got "
-                    f"{type(item).__name__}."
-                )
-            size = len(next(iter(item.values())))
-            for row in range(size):  # one example at a time: the converter's convention
-                yield {name: np.asarray(item[name][row:row + 1]).astype(spec.dtype.as_numpy_dtype)
-                       for name, spec in specs.items()}
-                count += 1
-        if not count:
-            raise ValueError("representative_data is empty.")
-
-    return generate
-
-
-def convert(model: keras.Model, mode: str = "fp32", representative_data=None, seq_length: int | None = 128,
+def convert(model: keras.Model, mode: str = "fp32", representative_data=None, seq_length="auto",
             batch_size: int | None = None, integer_io: bool | None = None) -> bytes:
     """The `.tflite` flatbuffer of `model` in `mode` (see the module docstring); builtin ops only.
 
-    `seq_length` fixes unknown non-batch input axes (None: keep them dynamic).
+    `seq_length` fixes unknown non-batch input axes ("auto": 128, or the
+    model's max_position_embeddings if smaller; None: keep them dynamic).
+    `representative_data`: see `tfreparam.export.representative`.
     `integer_io` (int8 only; default: True for quantization-aware models):
     float inputs and outputs become int8 tensors with the file's scales
     (integer inputs such as token ids stay as they are).
@@ -172,14 +79,12 @@ def convert(model: keras.Model, mode: str = "fp32", representative_data=None, se
         raise ValueError(f"Unknown TFLite mode {mode!r}; expected one of {MODES}.")
     model = model_io.prepare(model)
     qat = model_io.is_quantization_aware(model)
-    if mode == "int16x8" and not qat:
-        model = int16_layer_norm.with_int16_layer_norm(model)
     if qat and mode not in ("int8", "dynamic"):
         raise ValueError(
             f"Model {model.name!r} is quantization-aware (TFMOT fake-quant layers): export it with "
             f"mode='int8' (its trained ranges become the int8 scales); got mode={mode!r}."
         )
-    needs_data = mode in ("int8", "int16x8") and not qat
+    needs_data = mode in _FULL_INTEGER and not qat
     # A QAT model given representative inputs converts fully-integer: trained
     # fake-quant ranges are kept, tensors QAT leaves without ranges (LayerNorm
     # statistics, mask arithmetic) are calibrated instead of staying float.
@@ -190,7 +95,11 @@ def convert(model: keras.Model, mode: str = "fp32", representative_data=None, se
             "name -> array drawn from real inputs (for BERT, tokenized sentences, e.g. "
             "tfreparam.export.representative_text_batches(preprocessor, sentences))."
         )
-    specs = model_io.input_specs(model, seq_length=seq_length, batch_size=batch_size)
+    specs = model_io.input_specs(model, seq_length=model_io.resolve_seq_length(model, seq_length),
+                                 batch_size=batch_size)
+    feeds = representative.checked_feeds(representative_data, specs) if needs_data or calibrate_qat else None
+    if mode == "int16x8":
+        model = int16_layer_norm.with_int16_layer_norm(model)
     with tempfile.TemporaryDirectory(prefix="tfreparam_tflite_") as tmp:
         model_io.save_token_signature(model, tmp, specs)
         converter = tf.lite.TFLiteConverter.from_saved_model(tmp)
@@ -200,12 +109,12 @@ def convert(model: keras.Model, mode: str = "fp32", representative_data=None, se
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
         if mode == "fp16":
             converter.target_spec.supported_types = [tf.float16]
-        elif needs_data or calibrate_qat:
-            converter.representative_dataset = _representative_fn(representative_data, specs)
+        elif feeds is not None:
+            converter.representative_dataset = representative.converter_dataset(feeds, specs)
             if mode == "int8":
                 converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
             else:
-                # Ops without a 16x8 kernel (CAST, GATHER of int ids...) stay float builtins.
+                # Ops without a 16x8 kernel may stay float builtins; `non_integer_ops` reports them.
                 converter.target_spec.supported_ops = [
                     tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8,
                     tf.lite.OpsSet.TFLITE_BUILTINS]
@@ -217,15 +126,15 @@ def convert(model: keras.Model, mode: str = "fp32", representative_data=None, se
             with warnings.catch_warnings():
                 # The calibrator uses the deprecated tf.lite.Interpreter internally.
                 warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")
-                flatbuffer = converter.convert()
+                content = converter.convert()
         except Exception as error:  # ConverterError; its message lists the ops
             ops = _ops_from_converter_error(str(error))
             if ops:
                 raise UnsupportedOpsError(ops, _short(str(error))) from error
             raise ValueError(f"TFLite conversion ({mode}) of model {model.name!r} failed: {_short(str(error))}") from error
-    check_builtin_only(flatbuffer)
+    flatbuffer.check_builtin_only(content)
     if mode == "int16x8":
-        missing = _int16_ops_without_kernel(flatbuffer)
+        missing = flatbuffer.int16_ops_without_kernel(content)
         if missing:
             raise ValueError(
                 f"int16x8 quantized {missing} to int16, but the LiteRT runtime has no int16 kernel for "
@@ -234,7 +143,11 @@ def convert(model: keras.Model, mode: str = "fp32", representative_data=None, se
                 "another axis, inside a nested or subclassed model, or tf.math.squared_difference in a layer). "
                 "Export this model with mode='dynamic' or 'int8' instead."
             )
-    return flatbuffer
+    if mode in _FULL_INTEGER:
+        left_float = flatbuffer.non_integer_ops(content)
+        if left_float:
+            raise NotFullyIntegerError(mode, left_float, uncalibrated_qat=qat and feeds is None)
+    return content
 
 
 _OP_PATTERN = re.compile(r"'?(tf\.[A-Za-z0-9_]+)'?")
@@ -252,7 +165,7 @@ def _short(message: str, limit: int = 1500) -> str:
     return text[:limit]
 
 
-def tflite(model: keras.Model, path: str, mode: str = "fp32", representative_data=None, seq_length: int = 128,
+def tflite(model: keras.Model, path: str, mode: str = "fp32", representative_data=None, seq_length="auto",
            sample_inputs: Optional[Mapping[str, np.ndarray]] = None, check: bool = True,
            tolerance: Optional[parity.Tolerance] = None,
            integer_io: Optional[bool] = None) -> parity.ParityReport | None:
@@ -264,9 +177,13 @@ def tflite(model: keras.Model, path: str, mode: str = "fp32", representative_dat
         quantization-aware model converts with mode="int8" and no data).
       path: output file (".tflite").
       mode: "fp32", "fp16", "dynamic", "int8" or "int16x8".
-      representative_data: for int8/int16x8: a dict of input name -> array
-        (batch of examples) or an iterable of such dicts, from real inputs.
-      seq_length: the fixed length of the sequence axes.
+      representative_data: for int8/int16x8, from real inputs: a dict of input
+        name -> array (a batch of examples), an iterable of such dicts, or a
+        zero-argument callable returning one (the TFLite converter's
+        `representative_dataset`). Checked before conversion: input names,
+        shapes and finite values.
+      seq_length: the fixed length of the sequence axes. "auto": 128, or the
+        model's max_position_embeddings if smaller; None: dynamic.
       sample_inputs: inputs for the parity check (default: random valid
         inputs, batch 2).
       check: run `check_parity` and raise `ParityError` beyond `tolerance`
@@ -281,10 +198,11 @@ def tflite(model: keras.Model, path: str, mode: str = "fp32", representative_dat
     if not path.endswith(".tflite"):
         raise ValueError(f"The TFLite path must end in .tflite; got {path!r}.")
     prepared = model_io.prepare(model)
-    flatbuffer = convert(prepared, mode, representative_data, seq_length, integer_io=integer_io)
+    seq_length = model_io.resolve_seq_length(prepared, seq_length)
+    content = convert(prepared, mode, representative_data, seq_length, integer_io=integer_io)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "wb") as f:
-        f.write(flatbuffer)
+        f.write(content)
     if not check:
         return None
     if sample_inputs is None:
@@ -292,33 +210,3 @@ def tflite(model: keras.Model, path: str, mode: str = "fp32", representative_dat
     parity_mode = "qat" if model_io.is_quantization_aware(prepared) and mode == "int8" else mode
     report = parity.check_parity(prepared, path, sample_inputs, tolerance=tolerance, mode=parity_mode)
     return report.raise_if_failed()
-
-
-def representative_text_batches(preprocessor, sentences: Iterable[str], batch_size: int = 16) -> list[dict]:
-    """Tokenized batches (dicts of int32 arrays) of real `sentences`, for int8 calibration.
-
-    `preprocessor` is a `bert.preprocessing.Preprocessor` (or any callable from
-    a string tensor to the model-input dict); its `seq_length` must match the
-    export's.
-    """
-    sentences = list(sentences)
-    if not sentences:
-        raise ValueError("representative_text_batches needs at least one sentence.")
-    return [{name: value.numpy() for name, value in preprocessor(tf.constant(sentences[i:i + batch_size])).items()}
-            for i in range(0, len(sentences), batch_size)]
-
-
-def float_ops(flatbuffer: bytes) -> dict[str, int]:
-    """Ops (name -> count) that read or write a float32 tensor, other than the edge QUANTIZE / DEQUANTIZE."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    interpreter = Interpreter(model_content=flatbuffer)
-    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
-    counts: dict[str, int] = {}
-    for op in interpreter._get_ops_details():
-        indices = [i for i in list(op["inputs"]) + list(op["outputs"]) if i >= 0]
-        if op["op_name"] in ("QUANTIZE", "DEQUANTIZE"):
-            continue
-        if any(tensors[i]["dtype"] == np.float32 for i in indices):
-            counts[op["op_name"]] = counts.get(op["op_name"], 0) + 1
-    return counts

@@ -1,5 +1,6 @@
 """Reparameterized drop-ins for `tf_keras.layers.Dense`."""
 
+from tfreparam.decompose.validation import balanced_factors
 from tfreparam.layers.base import ReparameterizedDense
 from tfreparam.layers.contraction import ContractionPlan, Operand
 from tfreparam.layers.cp import CPDense
@@ -9,7 +10,9 @@ from tfreparam.layers.low_rank import LowRankDense
 from tfreparam.layers.tensor_train import TTDense
 from tfreparam.layers.tensorized import TensorizedDense
 from tfreparam.layers.tucker import BlockTermDense, TuckerDense
-from tfreparam.layers.validation import balanced_factors
+
+# Enrols the layers in TFMOT's PrunableLayer / ClusterableLayer ABCs.
+from tfreparam.layers import tfmot_abcs  # noqa: E402,F401  isort: skip
 
 __all__ = [
     "BlockTermDense",

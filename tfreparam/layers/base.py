@@ -8,8 +8,8 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from tfreparam.layers import validation
-from tfreparam.layers.contraction import ContractionPlan, Operand
+from tfreparam.decompose.validation import positive_int
+from tfreparam.layers.contraction import ContractionPlan
 
 
 class ReparameterizedDense(keras.layers.Layer):
@@ -28,7 +28,19 @@ class ReparameterizedDense(keras.layers.Layer):
     sum of `S` products of `P` factor entries, so its variance is S * s^(2P) and
     s = (2 / (in + out) / S) ** (1 / (2P)). Subclasses report S and P in
     `_init_terms`. The output variance at init then matches the `Dense` layer's.
+
+    Size arguments (ranks, terms, blocks) are checked against the family's
+    cap (`form`, see `tfreparam.decompose.form`), the same rule the
+    decompositions apply. Inputs of any dtype are cast to the compute dtype,
+    as `Dense` does.
+
+    Quantization-aware training (see `tfreparam.quantization.configs`) swaps
+    the factor attributes for fake-quantized tensors, as TFMOT does with
+    `Dense.kernel`, and sets `between_factors` with `set_between_factors`.
     """
+
+    # The family's numpy side: size caps and parameter counts (set by each subclass).
+    form = None
 
     def __init__(
         self,
@@ -44,7 +56,7 @@ class ReparameterizedDense(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(activity_regularizer=activity_regularizer, **kwargs)
-        self.units = validation.positive_int(units, "units")
+        self.units = positive_int(units, "units")
         self.activation = keras.activations.get(activation)
         self.use_bias = bool(use_bias)
         self.bias_initializer = keras.initializers.get(bias_initializer)
@@ -56,6 +68,7 @@ class ReparameterizedDense(keras.layers.Layer):
         self.supports_masking = True
         self.in_features = None
         self._plan = None
+        self.between_factors = None
 
     # -- what subclasses provide ---------------------------------------------
 
@@ -132,12 +145,16 @@ class ReparameterizedDense(keras.layers.Layer):
             self.factor_weights[name] = self.add_weight(
                 name,
                 shape=shape,
-                initializer=self._factor_initializer(),
+                initializer=self._factor_initializer_for(name),
                 regularizer=self.factor_regularizer,
                 constraint=self.factor_constraint,
                 dtype=self.dtype,
                 trainable=True,
             )
+
+    def _factor_initializer_for(self, name):  # pylint: disable=unused-argument
+        """The initializer of factor `name` (by default the same Glorot-matched normal for every factor)."""
+        return self._factor_initializer()
 
     def _factor_initializer(self):
         return keras.initializers.RandomNormal(stddev=self.factor_init_stddev())
@@ -148,13 +165,17 @@ class ReparameterizedDense(keras.layers.Layer):
         target_variance = 2.0 / (self.in_features + self.units)
         return float((target_variance / terms) ** (1.0 / (2 * factors_per_term)))
 
-    def call(self, inputs):
+    def call(self, inputs, training=None):
+        inputs = tf.convert_to_tensor(inputs)
+        if inputs.dtype.base_dtype != self._compute_dtype_object.base_dtype:
+            inputs = tf.cast(inputs, self._compute_dtype_object)  # e.g. int ids, as Dense does
         rank = inputs.shape.rank
         x = inputs if rank == 2 else tf.reshape(inputs, (-1, self.in_features))
-        y = self.apply_factors(x)
+        y = self.linear(x, training=training)
         # Bias and activation on the 2-D product, where grappler fuses them into the last MatMul.
-        if self.use_bias:
-            y = tf.nn.bias_add(y, self.bias)
+        bias = self.dense_bias()
+        if bias is not None:
+            y = tf.nn.bias_add(y, bias)
         if self.activation is not None:
             y = self.activation(y)
         if rank != 2:
@@ -162,9 +183,47 @@ class ReparameterizedDense(keras.layers.Layer):
             y.set_shape(inputs.shape[:-1].concatenate([self.units]))
         return y
 
+    def linear(self, x, training=None):  # pylint: disable=unused-argument
+        """`x @ W` (no bias) for `x` of shape (N, in): the factored product."""
+        return self.apply_factors(x)
+
     def apply_factors(self, x):
-        """`x @ W` for `x` of shape (N, in), without forming W."""
-        return self._plan(x, [getattr(self, name) for name in self._factor_specs()])
+        """`x @ W` for `x` of shape (N, in), without forming W.
+
+        Reads each factor from its attribute (`self.u`, ...), so a wrapper can
+        substitute quantized or clustered tensors, and applies `between_factors`
+        to the running activation between the contraction steps.
+        """
+        return self._plan(x, [getattr(self, name) for name in self._factor_specs()], between=self.between_factors)
+
+    def set_between_factors(self, hooks) -> None:
+        """Sets callables applied to the running activation after each contraction step but the last.
+
+        The QAT hook: fake-quants there make the int8 model keep one integer
+        matmul per factor. `None` removes them.
+        """
+        self._require_built("contraction plan")
+        hooks = None if hooks is None else tuple(hooks)
+        inner = len(self._plan.steps) - 1
+        if hooks is not None and len(hooks) != inner:
+            raise ValueError(
+                f"{type(self).__name__} '{self.name}' runs {len(self._plan.steps)} contraction steps, so it takes "
+                f"{inner} between-factor hooks; got {len(hooks)}."
+            )
+        self._set_untracked("between_factors", hooks)
+
+    @property
+    def contraction_steps(self) -> int:
+        """How many matmuls `apply_factors` runs."""
+        self._require_built("contraction plan")
+        return len(self._plan.steps)
+
+    def _check_sizes(self, in_features: int, **arguments) -> dict:
+        """The resolved layer config from `form`, with errors naming this layer."""
+        try:
+            return self.form.config((in_features, self.units), **arguments)
+        except ValueError as error:
+            raise ValueError(f"{type(self).__name__} '{self.name}': {error}") from None
 
     def compute_output_shape(self, input_shape):
         return tf.TensorShape(input_shape)[:-1].concatenate([self.units])

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import tensorflow as tf
 import tf_keras as keras
 
-from tfreparam.layers import validation
+from tfreparam.decompose.cp import CP
 from tfreparam.layers.contraction import Operand
 from tfreparam.layers.tensorized import TensorizedDense, einsum_letters
 
@@ -16,11 +18,16 @@ class CPDense(TensorizedDense):
 
     Stored as `factor_j`: (n_j, rank). The rank axis is shared by every factor,
     so the contraction carries it as a batch axis until the last factor sums it.
+    `rank` is at most the product of all mode sizes but the largest, a rank
+    every tensor of these modes has.
     """
+
+    form = CP
 
     def __init__(self, units, input_factors, output_factors, rank, **kwargs):
         super().__init__(units, input_factors, output_factors, **kwargs)
-        self.rank = validation.positive_int(rank, "rank")
+        self.rank = self._check_sizes(math.prod(self.input_factors), input_factors=self.input_factors,
+                                      output_factors=self.output_factors, rank=rank)["rank"]
 
     def _factor_specs(self):
         return {f"factor_{j}": (size, self.rank) for j, size in enumerate(self.mode_sizes)}

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import tensorflow as tf
 import tf_keras as keras
 
-from tfreparam.layers import validation
+from tfreparam.decompose.kronecker import KRONECKER
+from tfreparam.decompose.validation import balanced_factors, factors, int_tuple, positive_int
 from tfreparam.layers.base import ReparameterizedDense
 from tfreparam.layers.contraction import Operand
 
@@ -19,24 +22,28 @@ class KroneckerDense(ReparameterizedDense):
     factors are not given, each size is split into two divisors near its square
     root (e.g. 768 -> 24 x 32). Applied as two contractions of the input,
     reshaped to (N, in1, in2), with A and with B, in the cheaper order.
+    `num_terms` is at most min(in1·out1, in2·out2), the rank of the
+    rearranged kernel.
     """
+
+    form = KRONECKER
 
     def __init__(self, units, input_factors=None, output_factors=None, num_terms=1, **kwargs):
         super().__init__(units, **kwargs)
-        self.num_terms = validation.positive_int(num_terms, "num_terms")
-        self.input_factors = (
-            None if input_factors is None else validation.int_tuple(input_factors, "input_factors", 2)
-        )
+        self.num_terms = positive_int(num_terms, "num_terms")
         if output_factors is None:
-            self.output_factors = validation.balanced_factors(self.units, 2)
+            self.output_factors = balanced_factors(self.units, 2)
         else:
-            self.output_factors = validation.int_tuple(output_factors, "output_factors", 2)
-            validation.check_factors(self.output_factors, self.units, "output_factors", "output")
+            self.output_factors = factors(output_factors, self.units, "output_factors", "output", length=2)
+        self.input_factors = None
+        if input_factors is not None:
+            self.input_factors = int_tuple(input_factors, "input_factors", length=2)
+            self._configure(math.prod(self.input_factors))  # the cap is known already
 
     def _configure(self, in_features):
-        if self.input_factors is None:
-            self.input_factors = validation.balanced_factors(in_features, 2)
-        validation.check_factors(self.input_factors, in_features, "input_factors", "input")
+        config = self._check_sizes(in_features, input_factors=self.input_factors,
+                                   output_factors=self.output_factors, num_terms=self.num_terms)
+        self.input_factors = config["input_factors"]
 
     def _factor_specs(self):
         (in1, in2), (out1, out2) = self.input_factors, self.output_factors

@@ -1,4 +1,10 @@
-"""`LoRADense`: a frozen dense layer plus a trainable low-rank update (Hu et al., 2021)."""
+"""`LoRADense`: a frozen dense layer plus a trainable low-rank update (Hu et al., 2021).
+
+A wrapper in the manner of PEFT's `LoraLayer` and Keras 3's `Dense.enable_lora`:
+the update is `delta_kernel() = (alpha / rank) · A B`; `merge()` adds it into
+the base kernel in place and `unmerge()` takes it out again; the base layer is
+deserialized in `from_config`.
+"""
 
 from __future__ import annotations
 
@@ -7,29 +13,38 @@ import math
 import tensorflow as tf
 import tf_keras as keras
 
-from tfreparam.layers import validation
+from tfreparam.decompose.lora import LORA
 from tfreparam.layers.base import ReparameterizedDense
 from tfreparam.layers.contraction import Operand
+
+# ReparameterizedDense arguments that belong to the base layer, not to the wrapper.
+_BASE_ARGUMENTS = ("units", "activation", "use_bias", "bias_initializer", "bias_regularizer", "bias_constraint")
 
 
 @keras.utils.register_keras_serializable(package="tfreparam")
 class LoRADense(ReparameterizedDense):
-    """y = act(base_linear(x) + (alpha / rank) · B(A(dropout(x)))).
+    """y = act(x W + b + (alpha / rank) · dropout(x) A B), W, b and act those of `base_layer`.
 
-    Wraps a `keras.layers.Dense` or any `ReparameterizedDense` (its kernel, bias
-    and activation are reused; its weights stay frozen). A: (in, rank) starts
-    uniform in ±1/sqrt(in) and B: (rank, units) at zero, so at init the layer
-    computes exactly what the base layer does. `merge()` folds the update into
-    a plain `Dense`.
+    Wraps a `keras.layers.Dense` or any `ReparameterizedDense`. Only A: (in,
+    rank) and B: (rank, units) are trainable; the base's weights are reported
+    as non-trainable whatever its `trainable` flag (the caller's layer is not
+    modified). A starts uniform in ±1/sqrt(in) and B at zero, so at init the
+    layer computes exactly what the base layer does. `rank` is at most
+    min(in_features, units).
+
+    `merge()` adds the update into a Dense base's kernel in place (then the
+    layer runs as the base alone); `unmerge()` restores the kernel bit for bit.
+    `to_dense()` (or `tfreparam.fold`) gives a plain `Dense` with the update
+    folded in.
     """
 
-    def __init__(self, base_layer, rank, alpha=None, dropout=0.0, **kwargs):
-        if isinstance(base_layer, dict):
-            base_layer = keras.layers.deserialize(base_layer)
+    form = LORA
+
+    def __init__(self, base_layer, rank, alpha=None, dropout=0.0, merged=False, **kwargs):
         if isinstance(base_layer, LoRADense):
             raise ValueError(
-                f"'{base_layer.name}' is already a LoRADense; call its merge() first "
-                "to stack another adapter."
+                f"'{base_layer.name}' is already a LoRADense; fold it (to_dense() or tfreparam.fold) "
+                "before stacking another adapter."
             )
         if not isinstance(base_layer, (keras.layers.Dense, ReparameterizedDense)):
             raise ValueError(
@@ -39,15 +54,21 @@ class LoRADense(ReparameterizedDense):
         kwargs.setdefault("name", f"{base_layer.name}_lora")
         super().__init__(base_layer.units, activation=base_layer.activation, use_bias=False, **kwargs)
         self.base_layer = base_layer
-        self.base_layer.trainable = False
-        self.rank = validation.positive_int(rank, "rank")
-        self.alpha = float(self.rank if alpha is None else alpha)
-        self.dropout = float(dropout)
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"`dropout` must be in [0, 1), got {dropout}.")
+        # The input size (and so the full cap) is known at build; units already bound the rank.
+        sizes = LORA.resolve(None, rank=rank, alpha=alpha, dropout=dropout)
+        self.rank, self.alpha, self.dropout = sizes["rank"], sizes["alpha"], sizes["dropout"]
         if self.rank > self.units:
-            raise ValueError(f"LoRA `rank`={self.rank} exceeds `units`={self.units}.")
+            raise ValueError(f"rank={self.rank} exceeds units={self.units} of the base layer; use rank <= {self.units}.")
+        self.merged = bool(merged)
+        self.kernel_hook = None
         self._dropout_layer = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
+        self._set_untracked("_kernel_before_merge", None)
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["base_layer"] = keras.layers.deserialize(config["base_layer"])
+        return cls(**config)
 
     @property
     def scaling(self) -> float:
@@ -68,47 +89,31 @@ class LoRADense(ReparameterizedDense):
         frozen = [w for w in self.base_layer.weights if id(w) not in {id(v) for v in own}]
         return own + frozen
 
-    def _configure(self, in_features):
-        if self.rank > in_features:
-            raise ValueError(
-                f"LoRA `rank`={self.rank} exceeds the input size {in_features} of '{self.name}'."
-            )
+    # -- weights ----------------------------------------------------------------
 
     def build(self, input_shape):
+        input_shape = tf.TensorShape(input_shape)
         if not self.base_layer.built:
-            # The base only ever sees flattened (N, in) inputs in `call`.
-            self.base_layer.build(tf.TensorShape([None, tf.TensorShape(input_shape)[-1]]))
-        base_in = _base_in_features(self.base_layer)
-        if base_in != tf.TensorShape(input_shape)[-1]:
+            # The base only ever sees flattened (N, in) inputs.
+            self.base_layer.build(tf.TensorShape([None, input_shape[-1]]))
+        base_in = _in_features(self.base_layer)
+        if base_in != input_shape[-1]:
             raise ValueError(
-                f"LoRADense '{self.name}': base layer expects {base_in} input features, "
-                f"got input shape {tf.TensorShape(input_shape)}."
+                f"LoRADense '{self.name}': base layer expects {base_in} input features, got input shape {input_shape}."
             )
         super().build(input_shape)
+
+    def _configure(self, in_features):
+        self._check_sizes(in_features, rank=self.rank, alpha=self.alpha, dropout=self.dropout)
 
     def _factor_specs(self):
         return {"lora_a": (self.in_features, self.rank), "lora_b": (self.rank, self.units)}
 
-    def _build_factors(self):
-        bound = 1.0 / self.in_features**0.5
-        self.factor_weights = {
-            "lora_a": self.add_weight(
-                "lora_a",
-                shape=(self.in_features, self.rank),
-                initializer=keras.initializers.RandomUniform(-bound, bound),
-                regularizer=self.factor_regularizer,
-                constraint=self.factor_constraint,
-                dtype=self.dtype,
-            ),
-            "lora_b": self.add_weight(
-                "lora_b",
-                shape=(self.rank, self.units),
-                initializer="zeros",
-                regularizer=self.factor_regularizer,
-                constraint=self.factor_constraint,
-                dtype=self.dtype,
-            ),
-        }
+    def _factor_initializer_for(self, name):
+        if name == "lora_b":
+            return keras.initializers.Zeros()
+        bound = 1.0 / math.sqrt(self.in_features)
+        return keras.initializers.RandomUniform(-bound, bound)
 
     def _network(self):
         operands = [
@@ -117,33 +122,79 @@ class LoRADense(ReparameterizedDense):
         ]
         return ("i",), (self.in_features,), operands, ("o",)
 
-    def _init_terms(self):  # not used: LoRA initialises to equal its base layer
-        return self.rank, 2
+    # -- the computation ----------------------------------------------------------
 
-    def call(self, inputs, training=None):
-        rank = inputs.shape.rank
-        x = inputs if rank == 2 else tf.reshape(inputs, (-1, self.in_features))
+    def linear(self, x, training=None):
+        if self.kernel_hook is not None:
+            # The deployed form: one matmul with the (e.g. fake-quantized) merged kernel.
+            return tf.matmul(x, self.kernel_hook(self.merged_kernel()))
+        y = _base_linear(self.base_layer, x)
+        if self.merged:
+            return y
         update = self.apply_factors(self._dropout_layer(x, training=training))
-        y = _base_linear(self.base_layer, x) + tf.cast(self.scaling, update.dtype) * update
-        if rank != 2:
-            y = tf.reshape(y, tf.concat([tf.shape(inputs)[:-1], [self.units]], axis=0))
-            y.set_shape(inputs.shape[:-1].concatenate([self.units]))
-        if self.activation is not None:
-            y = self.activation(y)
-        return y
+        return y + tf.cast(self.scaling, update.dtype) * update
 
-    def _kernel_from_factors(self, factors):
+    def delta_kernel(self) -> tf.Tensor:
+        """The update (alpha / rank) · A B, shape (in, units)."""
+        self._require_built("update")
+        a, b = (tf.convert_to_tensor(getattr(self, name)) for name in ("lora_a", "lora_b"))
+        return tf.cast(self.scaling, a.dtype) * tf.matmul(a, b)
+
+    def merged_kernel(self) -> tf.Tensor:
+        """The kernel this layer computes with: base + update (the base alone once merged)."""
         base = _base_kernel(self.base_layer)
-        return base + self.scaling * tf.matmul(factors["lora_a"], factors["lora_b"])
+        return base if self.merged else base + self.delta_kernel()
+
+    def dense_kernel(self) -> tf.Tensor:
+        return self.merged_kernel()
 
     def dense_bias(self):
-        return self.base_layer.dense_bias() if isinstance(self.base_layer, ReparameterizedDense) else self.base_layer.bias
+        return _base_bias(self.base_layer)
+
+    def set_kernel_hook(self, hook) -> None:
+        """QAT hook: a callable applied to `merged_kernel()`; the layer then runs as x @ hook(W + ΔW).
+
+        What the int8 model deploys is one merged matrix, so that is what gets
+        fake-quantized. `None` restores the two-branch computation.
+        """
+        self._set_untracked("kernel_hook", hook)
+
+    # -- merging -------------------------------------------------------------------
+
+    def merge(self) -> None:
+        """Adds the update into the base kernel in place; the layer then computes with the base alone."""
+        self._require_built("kernel")
+        if self.merged:
+            raise ValueError(f"LoRADense '{self.name}' is already merged; unmerge() it first.")
+        if not isinstance(self.base_layer, keras.layers.Dense):
+            raise ValueError(
+                f"LoRADense '{self.name}' wraps a {type(self.base_layer).__name__}, whose factored kernel cannot "
+                "hold the update; use to_dense() or tfreparam.fold for a merged plain Dense."
+            )
+        kernel = self.base_layer.kernel
+        self._set_untracked("_kernel_before_merge", kernel.numpy())
+        kernel.assign(kernel + self.delta_kernel())
+        self.merged = True
+
+    def unmerge(self) -> None:
+        """Takes the update out of the base kernel again, restoring the kernel from before `merge()`."""
+        if not self.merged:
+            raise ValueError(f"LoRADense '{self.name}' is not merged.")
+        kernel = self.base_layer.kernel
+        if self._kernel_before_merge is not None:
+            kernel.assign(self._kernel_before_merge)
+        else:
+            # Loaded in the merged state: the kernel from before is not known exactly.
+            kernel.assign(kernel - self.delta_kernel())
+        self._set_untracked("_kernel_before_merge", None)
+        self.merged = False
+
+    # -- accounting ---------------------------------------------------------------
 
     @property
     def num_params(self):
         self._require_built("parameter count")
-        base = self.base_layer.count_params()
-        return base + self.rank * (self.in_features + self.units)
+        return self.base_layer.count_params() + self.trainable_num_params
 
     @property
     def trainable_num_params(self) -> int:
@@ -153,8 +204,7 @@ class LoRADense(ReparameterizedDense):
     @property
     def dense_num_params(self):
         self._require_built("parameter count")
-        use_bias = self.base_layer.use_bias
-        return self.in_features * self.units + (self.units if use_bias else 0)
+        return self.in_features * self.units + (self.units if self.base_layer.use_bias else 0)
 
     def flops(self, batch_shape=(1,)):
         self._require_built("FLOP count")
@@ -163,42 +213,44 @@ class LoRADense(ReparameterizedDense):
             if isinstance(self.base_layer, ReparameterizedDense)
             else self.dense_flops(batch_shape)
         )
+        if self.merged:
+            return base
         rows = math.prod(tuple(batch_shape))
         return base + rows * (self._plan.flops_per_example + self.units)  # + scale-and-add
 
-    def merge(self) -> keras.layers.Dense:
-        """A plain `Dense` (named like the base layer) with the update folded into its kernel."""
-        return self.to_dense(name=self.base_layer.name)
-
     def get_config(self):
-        config = keras.layers.Layer.get_config(self)
+        config = super().get_config()
+        for key in _BASE_ARGUMENTS:
+            config.pop(key, None)
         config.update(
             base_layer=keras.layers.serialize(self.base_layer),
             rank=self.rank,
             alpha=self.alpha,
             dropout=self.dropout,
+            merged=self.merged,
         )
         return config
 
 
-def _base_in_features(layer) -> int:
+def _in_features(layer) -> int:
     if isinstance(layer, ReparameterizedDense):
         return layer.in_features
     return int(layer.kernel.shape[0])
 
 
-def _base_kernel(layer):
+def _base_kernel(layer) -> tf.Tensor:
     if isinstance(layer, ReparameterizedDense):
         return layer.dense_kernel()
     return tf.convert_to_tensor(layer.kernel)
 
 
+def _base_bias(layer):
+    return layer.dense_bias() if isinstance(layer, ReparameterizedDense) else layer.bias
+
+
 def _base_linear(layer, x):
-    """The base layer's pre-activation output for rank-2 `x`."""
+    """The base layer's pre-bias, pre-activation output x @ W for rank-2 `x`."""
     if isinstance(layer, ReparameterizedDense):
-        y = layer.apply_factors(x)
-        bias = layer.dense_bias()
-    else:
-        y = tf.matmul(x, layer.kernel)
-        bias = layer.bias
-    return y if bias is None else tf.nn.bias_add(y, bias)
+        return layer.linear(x)
+    return tf.matmul(x, layer.kernel)
+

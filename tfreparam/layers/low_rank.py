@@ -5,7 +5,8 @@ from __future__ import annotations
 import tensorflow as tf
 import tf_keras as keras
 
-from tfreparam.layers import validation
+from tfreparam.decompose.svd import LOW_RANK
+from tfreparam.decompose.validation import positive_int
 from tfreparam.layers.base import ReparameterizedDense
 from tfreparam.layers.contraction import Operand
 
@@ -15,24 +16,23 @@ class LowRankDense(ReparameterizedDense):
     """Dense layer with a rank-`rank` kernel W = U·V, U: (in, rank), V: (rank, units).
 
     Costs rank·(in + units) parameters and FLOPs per row instead of in·units;
-    it saves both when rank < in·units / (in + units).
+    it saves both when rank < in·units / (in + units). `rank` is at most
+    min(in_features, units).
     """
+
+    form = LOW_RANK
 
     def __init__(self, units, rank, **kwargs):
         super().__init__(units, **kwargs)
-        self.rank = validation.positive_int(rank, "rank")
+        self.rank = positive_int(rank, "rank")
         if self.rank > self.units:
             raise ValueError(
-                f"`rank`={self.rank} exceeds `units`={self.units}; a rank above "
+                f"rank={self.rank} exceeds units={self.units}; a rank above "
                 f"min(in_features, units) cannot be reached. Use rank <= {self.units}."
             )
 
     def _configure(self, in_features):
-        if self.rank > in_features:
-            raise ValueError(
-                f"`rank`={self.rank} exceeds the input size {in_features} of layer "
-                f"'{self.name}'; use rank <= min({in_features}, {self.units})."
-            )
+        self._check_sizes(in_features, rank=self.rank)
 
     def _factor_specs(self):
         return {"u": (self.in_features, self.rank), "v": (self.rank, self.units)}

@@ -7,8 +7,7 @@ import math
 import tensorflow as tf
 import tf_keras as keras
 
-from tfreparam.decompose.budget import tt_max_ranks
-from tfreparam.layers import validation
+from tfreparam.decompose.tensor_train import TENSOR_TRAIN
 from tfreparam.layers.contraction import Operand
 from tfreparam.layers.tensorized import TensorizedDense
 
@@ -25,16 +24,15 @@ class TTDense(TensorizedDense):
     whichever costs fewer FLOPs.
     """
 
-    paired_modes = True
+    form = TENSOR_TRAIN
 
     def __init__(self, units, input_factors, output_factors, ranks, **kwargs):
         super().__init__(units, input_factors, output_factors, **kwargs)
         if len(self.input_factors) < 2:
-            raise ValueError(
-                f"TTDense needs at least 2 cores, got input_factors={self.input_factors}."
-            )
-        caps = tt_max_ranks(self.input_factors, self.output_factors)
-        self.ranks = validation.rank_tuple(ranks, "ranks", self.num_cores - 1, caps)
+            raise ValueError(f"TTDense needs at least 2 cores, got input_factors={self.input_factors}.")
+        config = self._check_sizes(math.prod(self.input_factors), input_factors=self.input_factors,
+                                   output_factors=self.output_factors, ranks=ranks)
+        self.ranks = config["ranks"]
 
     @property
     def num_cores(self) -> int:

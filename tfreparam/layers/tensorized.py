@@ -6,7 +6,7 @@ import string
 
 import tensorflow as tf
 
-from tfreparam.layers import validation
+from tfreparam.decompose.validation import factors, int_tuple
 from tfreparam.layers.base import ReparameterizedDense
 
 
@@ -18,28 +18,18 @@ class TensorizedDense(ReparameterizedDense):
     that tensor is factored.
     """
 
-    # Subclasses whose factors pair input and output modes set this.
-    paired_modes = False
-
     def __init__(self, units, input_factors, output_factors, **kwargs):
         super().__init__(units, **kwargs)
         if input_factors is None or output_factors is None:
             raise ValueError(
-                f"{type(self).__name__} needs `input_factors` and `output_factors` "
+                f"{type(self).__name__} needs input_factors and output_factors "
                 "(e.g. tfreparam.layers.balanced_factors(size, num_factors))."
             )
-        self.input_factors = validation.int_tuple(input_factors, "input_factors")
-        self.output_factors = validation.int_tuple(output_factors, "output_factors")
-        validation.check_factors(self.output_factors, self.units, "output_factors", "output")
-        if self.paired_modes and len(self.input_factors) != len(self.output_factors):
-            raise ValueError(
-                f"{type(self).__name__} pairs input and output modes, so `input_factors` "
-                f"{self.input_factors} and `output_factors` {self.output_factors} need the "
-                "same length (pad with 1s if needed)."
-            )
+        self.input_factors = int_tuple(input_factors, "input_factors")
+        self.output_factors = factors(output_factors, self.units, "output_factors", "output")
 
     def _configure(self, in_features):
-        validation.check_factors(self.input_factors, in_features, "input_factors", "input")
+        factors(self.input_factors, in_features, "input_factors", "input")
 
     @property
     def mode_sizes(self) -> tuple[int, ...]:

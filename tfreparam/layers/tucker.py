@@ -7,7 +7,8 @@ import math
 import tensorflow as tf
 import tf_keras as keras
 
-from tfreparam.layers import validation
+from tfreparam.decompose.block_term import BLOCK_TERM
+from tfreparam.decompose.tucker import TUCKER
 from tfreparam.layers.contraction import Operand
 from tfreparam.layers.tensorized import TensorizedDense, einsum_letters
 
@@ -20,13 +21,21 @@ class BlockTermDense(TensorizedDense):
     m = d + e modes (in_1..in_d, out_1..out_e). Stored stacked over blocks:
     `core` (num_blocks, R_1..R_m) and `factor_j` (num_blocks, n_j, R_j).
     Tucker is the one-block case and CP the case of all ranks 1. `ranks` is an
-    int (capped at each mode's size) or a tuple of m ranks.
+    int (capped at each mode's size) or a tuple of m ranks; `num_blocks` is at
+    most the number of such blocks that already writes every kernel exactly.
     """
+
+    form = BLOCK_TERM
 
     def __init__(self, units, input_factors, output_factors, ranks, num_blocks=1, **kwargs):
         super().__init__(units, input_factors, output_factors, **kwargs)
-        self.num_blocks = validation.positive_int(num_blocks, "num_blocks")
-        self.ranks = validation.rank_tuple(ranks, "ranks", len(self.mode_sizes), self.mode_sizes)
+        config = self._check_sizes(math.prod(self.input_factors), **self._size_arguments(ranks, num_blocks))
+        self.ranks = config["ranks"]
+        self.num_blocks = config.get("num_blocks", 1)
+
+    def _size_arguments(self, ranks, num_blocks):
+        return dict(input_factors=self.input_factors, output_factors=self.output_factors, ranks=ranks,
+                    num_blocks=num_blocks)
 
     @property
     def _block_axis(self) -> tuple[int, ...]:
@@ -75,9 +84,14 @@ class TuckerDense(BlockTermDense):
     in the order with the fewest FLOPs.
     """
 
+    form = TUCKER
+
     def __init__(self, units, input_factors, output_factors, ranks, **kwargs):
         kwargs.pop("num_blocks", None)
         super().__init__(units, input_factors, output_factors, ranks, num_blocks=1, **kwargs)
+
+    def _size_arguments(self, ranks, num_blocks):
+        return dict(input_factors=self.input_factors, output_factors=self.output_factors, ranks=ranks)
 
     @property
     def _block_axis(self):

@@ -183,6 +183,11 @@ def calibrate(qat_model: keras.Model, data, max_batches: int | None = None) -> i
                 break
     if not count:
         raise ValueError("calibrate() got no batches: pass at least one batch of model inputs.")
+    # Configs whose ranges depend on each other settle them once all are observed.
+    for layer in qat_model.layers:
+        tie = getattr(getattr(layer, "quantize_config", None), "tie_ranges", None)
+        if tie is not None:
+            tie(layer)
     return count
 
 

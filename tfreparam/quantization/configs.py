@@ -1,38 +1,29 @@
 """QuantizeConfigs for tfreparam's layers and for generic Keras layers TFMOT lacks.
 
-How a factorized layer is quantized: every factor weight gets an 8-bit
-per-tensor symmetric fake-quant, the running activation gets an 8-bit fake-quant
-after every contraction step but the last (so the int8 TFLite model keeps the
-factors as separate int8 weights and runs an integer matmul for each), and the
-output is quantized after the activation, like TFMOT's `Dense`. The layer's
-own contraction plan runs with these fake-quants passed as its `between` hooks
-(`_quantized_apply_factors`); the wrapped layer's variables are untouched.
+How a factorized layer is quantized, the ordinary TFMOT way: every factor
+weight gets an 8-bit per-tensor symmetric fake-quant and `set_quantize_weights`
+puts the quantized factors on the layer's factor attributes (as TFMOT's Dense
+config does with `Dense.kernel`); the running activation gets an 8-bit
+fake-quant after every contraction step but the last, through the layer's
+documented `set_between_factors` hook (so the int8 TFLite model keeps the
+factors as separate int8 weights and runs an integer matmul for each); the
+output is quantized after the activation, like TFMOT's `Dense`.
 
 `LoRADense` is quantized as what it deploys to: its merged kernel
-`W_base + (alpha / rank) * A @ B` is fake-quantized as one weight (the TFLite
-converter folds it into a single int8 matrix), while QAT still trains A and B
-through the straight-through estimator. Adapter dropout is not applied under
-QAT. Call `merge()` first if you want a plain `Dense` in the QAT model.
+`W_base + (alpha / rank) * A @ B` (`merged_kernel()`) is fake-quantized as one
+weight through the layer's `set_kernel_hook` (the TFLite converter folds it
+into a single int8 matrix), while QAT still trains A and B through the
+straight-through estimator. Adapter dropout is not applied under QAT.
 """
 
 from __future__ import annotations
 
-import types
-
-import tensorflow as tf
 import tf_keras as keras
 from tensorflow_model_optimization.python.core.quantization.keras import quantize_config as tfmot_config
 
-from tfreparam.layers.base import ReparameterizedDense
-from tfreparam.layers.lora import LoRADense, _base_kernel
-from tfreparam.quantization import quantizers
+import tfreparam.quantization.quantizers as quantizers
 
 _LINEAR = keras.activations.linear
-
-
-def _set_untracked(layer, name, value):
-    """Sets an attribute without Keras tracking (it holds graph tensors, not state)."""
-    object.__setattr__(layer, name, value)
 
 
 # Activations TFMOT's QuantizeAwareActivation can wrap; others get an output quantizer instead.
@@ -95,34 +86,29 @@ class ReparameterizedDenseQuantizeConfig(_PreservingConfig):
     def get_activations_and_quantizers(self, layer):
         between = [
             (_LINEAR, quantizers.NamedQuantizer(quantizers.activation_quantizer(), f"between_factors_{i}"))
-            for i in range(len(layer._plan.steps) - 1)
+            for i in range(layer.contraction_steps - 1)
         ]
         # The activation slot, if any, comes first.
         output = [(layer.activation, quantizers.activation_quantizer())] if _wrappable(layer.activation) else []
         return output + between
 
     def set_quantize_weights(self, layer, quantize_weights):
-        if len(quantize_weights) != len(layer.factor_names):
+        names = layer.factor_names
+        if len(quantize_weights) != len(names):
             raise ValueError(
-                f"Layer '{layer.name}' has {len(layer.factor_names)} factors, "
-                f"got {len(quantize_weights)} quantized weights."
+                f"Layer '{layer.name}' has {len(names)} factors, got {len(quantize_weights)} quantized weights."
             )
-        _set_untracked(layer, "_tfreparam_quantized_factors", list(quantize_weights))
-        _set_untracked(layer, "apply_factors", types.MethodType(_quantized_apply_factors, layer))
+        for name, weight in zip(names, quantize_weights):
+            setattr(layer, name, weight)
 
     def set_quantize_activations(self, layer, quantize_activations):
-        between = len(layer._plan.steps) - 1
+        between = layer.contraction_steps - 1
         if len(quantize_activations) > between:
             layer.activation = quantize_activations[0]
-        _set_untracked(layer, "_tfreparam_between_quantizers", list(quantize_activations[-between:] if between else []))
+        layer.set_between_factors(quantize_activations[len(quantize_activations) - between:] if between else None)
 
     def get_output_quantizers(self, layer):
         return [] if _wrappable(layer.activation) else [quantizers.activation_quantizer()]
-
-
-def _quantized_apply_factors(layer, x):
-    """The layer's contraction plan on fake-quantized factors, with a fake-quant after each inner step."""
-    return layer._plan(x, layer._tfreparam_quantized_factors, between=layer._tfreparam_between_quantizers)
 
 
 @keras.utils.register_keras_serializable(package="tfreparam")
@@ -140,10 +126,10 @@ class LoRAQuantizeConfig(tfmot_config.QuantizeConfig):
         return [(_LINEAR, kernel_quantizer)] + output
 
     def set_quantize_weights(self, layer, quantize_weights):
-        _set_untracked(layer, "call", types.MethodType(_quantized_lora_call, layer))
+        pass
 
     def set_quantize_activations(self, layer, quantize_activations):
-        _set_untracked(layer, "_tfreparam_kernel_quantizer", quantize_activations[0])
+        layer.set_kernel_hook(quantize_activations[0])
         if len(quantize_activations) > 1:
             layer.activation = quantize_activations[1]
 
@@ -152,31 +138,14 @@ class LoRAQuantizeConfig(tfmot_config.QuantizeConfig):
 
     def initialize_ranges(self, wrapper):
         """The merged kernel is no variable, so its range is set here, from its current value."""
-        layer = wrapper.layer
-        kernel = _base_kernel(layer.base_layer) + layer.scaling * tf.matmul(
-            layer.factor_weights["lora_a"], layer.factor_weights["lora_b"])
-        quantizers.set_symmetric_range(wrapper._quantize_activations[0]._post_activation_vars, kernel)
+        quantizers.set_symmetric_range(wrapper._quantize_activations[0]._post_activation_vars,
+                                       wrapper.layer.merged_kernel())
 
     def get_config(self):
         return {}
 
     def __eq__(self, other):
         return type(self) is type(other)
-
-
-def _quantized_lora_call(layer, inputs, training=None):
-    rank = inputs.shape.rank
-    x = inputs if rank == 2 else tf.reshape(inputs, (-1, layer.in_features))
-    factors = {name: tf.convert_to_tensor(w) for name, w in layer.factor_weights.items()}
-    kernel = _base_kernel(layer.base_layer) + layer.scaling * tf.matmul(factors["lora_a"], factors["lora_b"])
-    y = tf.matmul(x, layer._tfreparam_kernel_quantizer(kernel))
-    bias = layer.dense_bias()
-    if bias is not None:
-        y = tf.nn.bias_add(y, bias)
-    if rank != 2:
-        y = tf.reshape(y, tf.concat([tf.shape(inputs)[:-1], [layer.units]], axis=0))
-        y.set_shape(inputs.shape[:-1].concatenate([layer.units]))
-    return layer.activation(y)
 
 
 @keras.utils.register_keras_serializable(package="tfreparam")

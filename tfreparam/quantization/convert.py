@@ -9,17 +9,13 @@ conversion error rather than a float island.
 
 from __future__ import annotations
 
-import importlib
-
 import tf_keras as keras
 
-from tfreparam.export.tflite import float_ops  # noqa: F401  (re-exported)
-
-# The module: `tfreparam.export` re-exports a function of the same name.
-_tflite = importlib.import_module("tfreparam.export.tflite")
+from tfreparam.export.flatbuffer import float_ops  # noqa: F401  (re-exported)
+from tfreparam.export.tflite import convert
 
 
-def int8_tflite(qat_model: keras.Model, representative_data, seq_length: int | None = 128) -> bytes:
+def int8_tflite(qat_model: keras.Model, representative_data, seq_length="auto") -> bytes:
     """The full-integer int8 `.tflite` flatbuffer of a QAT model; float32 inputs / outputs at the edges.
 
     `representative_data`: a dict of input name -> array (a batch) or an
@@ -31,4 +27,4 @@ def int8_tflite(qat_model: keras.Model, representative_data, seq_length: int | N
             "int8_tflite needs representative_data (dicts of input name -> array) to calibrate the tensors "
             "QAT leaves without ranges (LayerNorm statistics, the attention mask)."
         )
-    return _tflite.convert(qat_model, "int8", representative_data, seq_length, integer_io=False)
+    return convert(qat_model, "int8", representative_data, seq_length, integer_io=False)

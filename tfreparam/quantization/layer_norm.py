@@ -17,12 +17,20 @@ scale, and an int8 variance cannot hold tokens whose variances differ by
 
 which equals LayerNorm (`(x - mean)/std = sqrt(width) · (x - mean)/‖x - mean‖`,
 epsilon aside) and converts op for op, with a range for every tensor.
+
+Two fake-quants must never end up back to back on one tensor: the converter
+then gives the tensor two scales, and a RESHAPE after it (every factorized
+projection starts with one) fails with "quantization parameters violate the
+same scale constraint". So without β the MUL's range is the output's own, and
+an all-zero β (every freshly built LayerNorm; the converter drops the `+ β`)
+gets the `scaled` range as its output range after calibration (`tie_ranges`).
 """
 
 from __future__ import annotations
 
 import types
 
+import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 from tensorflow_model_optimization.python.core.quantization.keras import quantize_config as tfmot_config
@@ -34,6 +42,8 @@ from tfreparam.quantization import quantizers
 _LINEAR = keras.activations.linear
 # The requantized intermediates, in call order.
 POINTS = ("mean", "centered", "unit", "scaled")
+# Guards an all-equal row only (tf.math.l2_normalize's default).
+_L2_EPSILON = 1e-12
 
 
 def supports(layer) -> bool:
@@ -67,6 +77,16 @@ class LayerNormQuantizeConfig(tfmot_config.QuantizeConfig):
     def get_output_quantizers(self, layer):
         return [quantizers.activation_quantizer()]
 
+    def tie_ranges(self, wrapper):
+        """After calibration: an all-zero β makes the output range the `scaled` one (see the module doc)."""
+        layer = wrapper.layer
+        if not layer.center or np.any(tf.convert_to_tensor(layer.beta).numpy()):
+            return
+        scaled = wrapper._quantize_activations[POINTS.index("scaled")]._post_activation_vars
+        output = wrapper._output_quantizer_vars
+        output["min_var"].assign(scaled["min_var"])
+        output["max_var"].assign(scaled["max_var"])
+
     def get_config(self):
         return {}
 
@@ -80,10 +100,12 @@ def _quantized_layer_norm_call(layer, inputs):
     mean = fq["mean"](tf.reduce_mean(x, axis=-1, keepdims=True))
     centered = fq["centered"](x - mean)
     # (x - mean) / std = sqrt(width) * l2_normalize(x - mean); epsilon is below int8 resolution.
-    unit = fq["unit"](tf.math.l2_normalize(centered, axis=-1, epsilon=layer.epsilon))
+    # LiteRT's L2_NORMALIZATION has no epsilon, and the converter fuses l2_normalize into it only
+    # for a small one (Keras' default LayerNorm epsilon, 1e-3, would leave five float ops).
+    unit = fq["unit"](tf.math.l2_normalize(centered, axis=-1, epsilon=_L2_EPSILON))
     width = tf.cast(tf.shape(x)[-1], x.dtype)
     gain = tf.sqrt(width) * (layer.gamma if layer.scale else 1.0)
-    y = fq["scaled"](unit * gain)
-    if layer.center:
-        y = y + layer.beta
+    y = unit * gain
+    if layer.center:  # without β the wrapper's output fake-quant is the MUL's
+        y = fq["scaled"](y) + layer.beta
     return y

@@ -1,9 +1,11 @@
 """Which QuantizeConfig each layer class gets: an extensible registry.
 
-`tfreparam` knows nothing of BERT, so packages with their own layers register
-configs for them here (`bert.quantization` does, on import). Lookups follow
-the class hierarchy, so a registration for `ReparameterizedDense` covers every
-factorized layer, and a more specific one (`LoRADense`) wins.
+Each factorization family names its QuantizeConfig in its registration
+(`tfreparam.families`); generic Keras layers TFMOT lacks are registered
+below. `tfreparam` knows nothing of BERT, so packages with their own layers
+register configs for them here (`bert.quantization` does, on import).
+Lookups follow the class hierarchy, most specific class first; an explicit
+`register_quantize_config` overrides a family's default.
 """
 
 from __future__ import annotations
@@ -13,9 +15,12 @@ from typing import Callable
 import tf_keras as keras
 from tensorflow_model_optimization.python.core.quantization.keras import quantize_config as tfmot_config
 
+import tfreparam.quantization.configs as configs
+import tfreparam.quantization.layer_norm as layer_norm
+import tfreparam.quantization.plugins as plugins
+import tfreparam.specs  # noqa: F401  (registers the built-in families)
+from tfreparam.families import REPARAMETERIZED_QAT, families
 from tfreparam.layers.base import ReparameterizedDense
-from tfreparam.layers.lora import LoRADense
-from tfreparam.quantization import configs, layer_norm, plugins
 
 _FACTORIES: dict[type, Callable] = {}
 _SERIALIZABLE: dict[str, object] = dict(
@@ -42,15 +47,22 @@ def register_quantize_config(layer_class: type, factory: Callable, custom_object
 
 
 def registered_classes() -> tuple[type, ...]:
-    return tuple(_FACTORIES)
+    return tuple(family.layer_class for family in families()) + tuple(_FACTORIES)
+
+
+def _family_factory(family):
+    config_class = getattr(configs, family.quantize_config)
+    return lambda layer: config_class()
 
 
 def quantize_config_for(layer: keras.layers.Layer):
     """The registered QuantizeConfig for `layer` (most specific class first), or None."""
     plugins.load_registered()
+    factories = {family.layer_class: _family_factory(family) for family in families()}
+    factories.update(_FACTORIES)
     for cls in type(layer).__mro__:
-        if cls in _FACTORIES:
-            config = _FACTORIES[cls](layer)
+        if cls in factories:
+            config = factories[cls](layer)
             if not isinstance(config, tfmot_config.QuantizeConfig):
                 raise TypeError(
                     f"The quantize-config factory registered for {cls.__name__} returned "
@@ -72,9 +84,9 @@ def _layer_norm_config(layer):
     return configs.OutputQuantizeConfig()
 
 
-# -- tfreparam's own layers and generic Keras layers TFMOT does not quantize --
-register_quantize_config(ReparameterizedDense, lambda layer: configs.ReparameterizedDenseQuantizeConfig())
-register_quantize_config(LoRADense, lambda layer: configs.LoRAQuantizeConfig())
+# -- generic Keras layers TFMOT does not quantize (tfreparam's layers come from their families) --
+# A ReparameterizedDense subclass outside any family still gets the factor-wise config.
+register_quantize_config(ReparameterizedDense, lambda layer: getattr(configs, REPARAMETERIZED_QAT)())
 register_quantize_config(keras.layers.Dense, lambda layer: configs.DenseQuantizeConfig())
 register_quantize_config(keras.layers.Add, lambda layer: configs.OutputQuantizeConfig())
 register_quantize_config(keras.layers.Dropout, lambda layer: configs.NoOpQuantizeConfig())

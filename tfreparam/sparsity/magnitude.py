@@ -9,9 +9,10 @@ from typing import Optional
 import numpy as np
 import tf_keras as keras
 
-from tfreparam.sparsity import selection
+import tfreparam.sparsity.selection as selection
 from tfreparam.sparsity._tfmot import PruneLowMagnitude, tfmot
-from tfreparam.sparsity.masked import MaskedWeights
+from tfreparam.sparsity.masked import PRUNING_WRAPPERS, MaskedWeights
+from tfreparam.sparsity.wrapping import refuse_wrapped, rewrap
 
 UpdatePruningStep = tfmot.sparsity.keras.UpdatePruningStep
 
@@ -63,7 +64,7 @@ def prune(
         pruning_schedule = make_schedule(
             target_sparsity, schedule, begin_step, end_step, frequency, initial_sparsity
         )
-    _refuse_wrapped(model)
+    refuse_wrapped(model, PRUNING_WRAPPERS)
     chosen = selection.select_layers(model, policy)
     if m_by_n is not None:
         chosen = _m_by_n_layers(chosen, m_by_n, skip_unsupported)
@@ -152,34 +153,6 @@ def _m_by_n_layers(chosen, m_by_n, skip_unsupported):
             )
         warnings.warn(message + " They are left unpruned (skip_unsupported=True).", stacklevel=3)
     return supported
-
-
-def _refuse_wrapped(model):
-    for layer in model.layers:
-        if isinstance(layer, (PruneLowMagnitude, MaskedWeights)):
-            raise ValueError(
-                f"'{model.name}' already has pruning wrappers (e.g. '{layer.name}'); call "
-                "tfreparam.sparsity.strip(model) before pruning it again."
-            )
-
-
-def rewrap(model: keras.Model, names: set, wrap) -> keras.Model:
-    """A copy of `model` (fresh layers, copied weights) whose layers in `names` go through `wrap`.
-
-    Fresh copies keep the input model untouched (TFMOT's own
-    `prune_low_magnitude(model)` wraps, and then prunes, the original layers).
-    Copies get their weights before `wrap` sees them: clustering wrappers
-    initialise their centroids from the weights at build time.
-    """
-
-    def clone(layer):
-        copy = layer.__class__.from_config(layer.get_config())
-        if layer.weights:
-            copy.build(getattr(layer, "_build_input_shape", None) or layer.input_shape)
-            copy.set_weights(layer.get_weights())
-        return wrap(copy) if layer.name in names else copy
-
-    return keras.models.clone_model(model, clone_function=clone)
 
 
 # -- stripping and reporting ------------------------------------------------------

@@ -31,7 +31,9 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from tfreparam.sparsity import selection
+import tfreparam.sparsity.selection as selection
+from tfreparam.sparsity._tfmot import PruneLowMagnitude
+from tfreparam.sparsity.wrapping import refuse_wrapped, rewrap
 
 _METHODS = ("movement", "magnitude")
 _MISSING_CALLBACK = (
@@ -212,6 +214,10 @@ def _masked(weight, mask, score):
     return masked(w, tf.cast(tf.convert_to_tensor(mask), w.dtype))
 
 
+# Wrappers that mark a layer as already being pruned (TFMOT's and ours).
+PRUNING_WRAPPERS = (PruneLowMagnitude, MaskedWeights)
+
+
 def top_k_mask(ranking: np.ndarray, sparsity: float) -> np.ndarray:
     """1 for the max(round(size · (1 − sparsity)), 1) largest entries of `ranking`, else 0."""
     flat = np.asarray(ranking).reshape(-1)
@@ -296,8 +302,6 @@ def l1_sparsification(
 
 
 def _wrap(model, policy, params):
-    from tfreparam.sparsity import magnitude  # magnitude imports this module
-
-    magnitude._refuse_wrapped(model)
+    refuse_wrapped(model, PRUNING_WRAPPERS)
     chosen = selection.select_layers(model, policy)
-    return magnitude.rewrap(model, {l.name for l in chosen}, lambda layer: MaskedWeights(layer, **params))
+    return rewrap(model, {l.name for l in chosen}, lambda layer: MaskedWeights(layer, **params))

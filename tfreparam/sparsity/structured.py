@@ -27,8 +27,8 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+import tfreparam.sparsity.selection as selection
 from tfreparam.layers import LowRankDense, ReparameterizedDense
-from tfreparam.sparsity import selection
 
 _ATTENTION = ("query", "key", "value")
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import tensorflow as tf
 import tf_keras as keras
 
+import tfreparam.unit_scaling.ops as ops
 from tfreparam.layers.low_rank import LowRankDense
-from tfreparam.unit_scaling import ops
 
 
 def _read(variable, dtype):

@@ -1,16 +1,17 @@
-"""`tfreparam.report`: a per-layer table of what compression did to a model."""
+"""`tfreparam.report`: a per-layer table of what compression did to a model (module `compression_report`)."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Optional
+from typing import Mapping, Optional
 
 import numpy as np
 import tf_keras as keras
 
-from tfreparam import layers as layers_lib
-from tfreparam.surgery import FACTORIZATIONS, projection
+from tfreparam.layers.base import ReparameterizedDense
+from tfreparam.layers.lora import LoRADense
+from tfreparam.projections import projection
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,7 +103,7 @@ def _fmt(value):
 
 def _structure(layer) -> str:
     config = layer.get_config()
-    if isinstance(layer, layers_lib.LoRADense):
+    if isinstance(layer, LoRADense):
         return f"lora rank={layer.rank}"
     keys = ["rank", "ranks", "num_terms", "num_blocks", "input_factors", "output_factors"]
     parts = [f"{k}={tuple(config[k]) if isinstance(config[k], list) else config[k]}" for k in keys if config.get(k) is not None]
@@ -110,7 +111,7 @@ def _structure(layer) -> str:
 
 
 def _row(layer, original=None, factorization=None) -> Optional[LayerRow]:
-    if isinstance(layer, layers_lib.ReparameterizedDense):
+    if isinstance(layer, ReparameterizedDense):
         shape = (layer.in_features, layer.units)
         before, after = layer.dense_num_params, layer.num_params
         flops_before, flops_after = layer.dense_flops(), layer.flops()
@@ -126,7 +127,7 @@ def _row(layer, original=None, factorization=None) -> Optional[LayerRow]:
     relative = output = None
     if factorization is not None:
         relative, output = factorization.relative_error, factorization.output_error
-    if original is not None and isinstance(layer, layers_lib.ReparameterizedDense):
+    if original is not None and isinstance(layer, ReparameterizedDense):
         reference = projection(original)
         if reference is not None:
             # Against the original model's kernel, whatever was decomposed in between.
@@ -137,13 +138,15 @@ def _row(layer, original=None, factorization=None) -> Optional[LayerRow]:
                     flops_before, flops_after, relative, output)
 
 
-def report(model_or_pair) -> CompressionReport:
+def report(model_or_pair, factorizations: Optional[Mapping] = None) -> CompressionReport:
     """Per-layer report of a reparameterized model, or of an (original, compressed) pair.
 
     Lists every projection (Dense / plain EinsumDense / reparameterized layer)
     with parameters and FLOPs before -> after, and the relative weight error:
     measured against the original model's kernels when a pair is given, else
-    the decomposition's own. The output error (on calibration data) is the
+    the decomposition's own from `factorizations` ({layer name:
+    `Factorization`}, as `reparameterize(..., return_factorizations=True)`
+    returns them). The output error (on calibration data) is the
     decomposition's, when a data-aware method was used.
     """
     if isinstance(model_or_pair, (tuple, list)):
@@ -152,7 +155,7 @@ def report(model_or_pair) -> CompressionReport:
         original, model = None, model_or_pair
     if not isinstance(model, keras.Model):
         raise ValueError(f"report() takes a keras.Model or (original, compressed); got {type(model).__name__}.")
-    factorizations = FACTORIZATIONS.get(model, {})
+    factorizations = dict(factorizations or {})
     rows = []
     for layer in model.layers:
         source = None
