@@ -5,6 +5,7 @@ from bert.config import BertConfig
 from bert.encoder import BLOCK_PROJECTIONS, INPUT_NAMES, build_encoder
 from bert.data import pretraining_dataset, split_sentences
 from bert.heads import build_classifier, build_pretrainer, build_pretraining_network
+from bert.layer_drop import drop_blocks
 from bert.kits import StandardKit, UnitScaledKit
 from bert.pretrainer import BertPretrainer
 from bert.hf_weights import HFCheckpoint, minilm_path, read_hf_checkpoint
@@ -30,6 +31,7 @@ __all__ = [
     "build_encoder",
     "build_pretrainer",
     "build_pretraining_network",
+    "drop_blocks",
     "load_google_checkpoint",
     "load_hf",
     "load_pretrained",

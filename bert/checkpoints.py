@@ -20,13 +20,15 @@ import tf_keras as keras
 
 from bert.config import BertConfig
 from bert.encoder import build_encoder
-from bert.heads import build_pretraining_network
+from bert.heads import build_classifier, build_pretraining_network
 from bert.hf_weights import encoder_prefix, read_hf_checkpoint
 from tfreparam.surgery import reparameterize
 
 _logger = logging.getLogger(__name__)
 
-HEAD_PREFIXES = ("mlm/", "nsp/")
+HEAD_PREFIXES = ("mlm/", "nsp/", "classifier/")
+# `load_hf(head=...)` values: the task heads a Hugging Face checkpoint can carry.
+HEADS = ("classifier",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,7 +43,7 @@ class _Entry:
     transpose_google: bool
 
 
-def _name_map(config: BertConfig, with_heads: bool) -> list[_Entry]:
+def _name_map(config: BertConfig, with_heads: bool, classifier: bool = False) -> list[_Entry]:
     entries = []
 
     def add(layer, index, hf, google, transpose_hf=False, transpose_google=False):
@@ -76,12 +78,16 @@ def _name_map(config: BertConfig, with_heads: bool) -> list[_Entry]:
         add("nsp/dense", 0, "cls.seq_relationship.weight", "cls/seq_relationship/output_weights",
             transpose_hf=True, transpose_google=True)
         add("nsp/dense", 1, "cls.seq_relationship.bias", "cls/seq_relationship/output_bias")
+    if classifier:  # BertForSequenceClassification's Linear(hidden, num_labels) on the pooled output
+        # Google's run_classifier.py names it output_weights (num_labels, hidden) / output_bias.
+        add("classifier/dense", 0, "classifier.weight", "output_weights", transpose_hf=True, transpose_google=True)
+        add("classifier/dense", 1, "classifier.bias", "output_bias")
     return entries
 
 
 def _assign(model: keras.Model, entries, lookup: Callable[[_Entry], Optional[np.ndarray]],
             available: set, used_name: Callable[[_Entry], str], transpose: Callable[[_Entry], bool],
-            strict: bool, source: str, config: BertConfig, config_name: str):
+            strict: bool, source: str, config: BertConfig, config_name: str, num_labels: Optional[int] = None):
     """Loads every entry via `lookup`; raises one short error summarising all problems."""
     missing, mismatched, fresh_heads = [], [], set()
     missing_heads_only = True
@@ -96,18 +102,21 @@ def _assign(model: keras.Model, entries, lookup: Callable[[_Entry], Optional[np.
             missing.append(used_name(entry))
             missing_heads_only &= entry.layer.startswith(HEAD_PREFIXES)
             continue
-        if transpose(entry):
+        flip = transpose(entry)
+        if flip:
             value = value.T
         weights = new_weights.setdefault(entry.layer, layer.get_weights())
         expected = weights[entry.index].shape
-        if value.shape != expected:
-            mismatched.append((used_name(entry), tuple(value.shape), tuple(expected)))
+        if value.shape != expected:  # reported in the checkpoint's layout
+            found = tuple(value.shape)
+            mismatched.append((used_name(entry), found[::-1] if flip else found,
+                               tuple(expected)[::-1] if flip else tuple(expected)))
             continue
         weights[entry.index] = value
     unexpected = sorted(available - {used_name(e) for e in entries} - _IGNORED) if strict else []
     if missing or mismatched or unexpected:
         raise ValueError(_mismatch_message(source, config, config_name, missing, mismatched, unexpected,
-                                           available, missing_heads_only))
+                                           available, missing_heads_only, num_labels))
     for name, weights in new_weights.items():
         model.get_layer(name).set_weights(weights)
     if fresh_heads:
@@ -122,7 +131,8 @@ _WIDTH_FIELDS = ("hidden_size", "intermediate_size", "vocab_size", "max_position
                  "embedding_size")
 
 
-def _mismatch_message(source, config, config_name, missing, mismatched, unexpected, available, heads_only) -> str:
+def _mismatch_message(source, config, config_name, missing, mismatched, unexpected, available, heads_only,
+                      num_labels=None) -> str:
     """One line: the first few tensors of each problem, their counts, and the likely cause with its fix."""
     parts = []
     if mismatched:
@@ -132,9 +142,16 @@ def _mismatch_message(source, config, config_name, missing, mismatched, unexpect
         parts.append(_listing("missing tensors", [repr(name) for name in missing]))
     if unexpected:
         parts.append(_listing("unexpected tensors", [repr(name) for name in unexpected]))
-    cause = _likely_cause(config, config_name, mismatched, available)
+    cause = _likely_cause(config, config_name, mismatched, available, num_labels)
+    classifier_missing = any(name.startswith("classifier.") for name in missing)
     if cause:
         advice = f"Likely cause: {cause}; make the config match the checkpoint."
+    elif not mismatched and not missing and unexpected and all(n.startswith("classifier.") for n in unexpected):
+        advice = ("It is a BertForSequenceClassification checkpoint: load it with head='classifier' (or pass "
+                  "strict=False to take the encoder alone).")
+    elif not mismatched and heads_only and classifier_missing:
+        advice = ("It has no classifier.* tensors (an encoder, not a BertForSequenceClassification checkpoint): "
+                  "fine-tune it first, or pass strict=False for a freshly initialised classifier.")
     elif not mismatched and heads_only:
         advice = "To initialise the absent pretraining heads and ignore extra tensors, pass strict=False."
     else:
@@ -147,8 +164,14 @@ def _listing(label, items):
     return f"{label}: [{shown}]" + (f" ({len(items)} in all)" if len(items) > _SHOWN else "")
 
 
-def _likely_cause(config, config_name, mismatched, available) -> Optional[str]:
+def _likely_cause(config, config_name, mismatched, available, num_labels=None) -> Optional[str]:
     """The config field that disagrees with the checkpoint, judged from the tensors' shapes and names."""
+    for name, found, expected in mismatched:
+        # classifier.weight is (num_labels, hidden) and classifier.bias (num_labels,) in the checkpoint's layout.
+        if name.startswith("classifier.") and num_labels is not None and found[0] != expected[0] \
+                and expected[0] == num_labels:
+            return (f"{config_name} says num_labels={num_labels} (its id2label) but the checkpoint's classifier "
+                    f"has {found[0]} outputs")
     widths = collections.Counter(
         (want, got) for _, found, expected in mismatched if len(found) == len(expected)
         for got, want in zip(found, expected) if got != want
@@ -178,31 +201,63 @@ class LoadedBert:
 
 
 def load_hf(path: str, with_heads: bool = False, strict: bool = True, layer_policy=None,
-            calibration_data=None, **encoder_kwargs) -> LoadedBert:
+            calibration_data=None, head: Optional[str] = None, **encoder_kwargs) -> LoadedBert:
     """Reads a Hugging Face BERT directory (config.json + model.safetensors) with numpy.
 
     Returns the encoder, or with `with_heads` the pretraining network whose MLM/NSP
     heads are loaded when the checkpoint has them (freshly initialised and
-    listed in `fresh_heads` otherwise, which needs strict=False). With a
+    listed in `fresh_heads` otherwise, which needs strict=False). With
+    `head="classifier"`, a `BertForSequenceClassification` directory becomes
+    `bert.build_classifier` with its weights: the pooler (tanh dense on
+    [CLS]), dropout, then `classifier.weight/bias`, exactly Hugging Face's
+    forward; `num_labels` is the length of config.json's `id2label` (or its
+    `num_labels`, else 2 as in Hugging Face) and the dropout its
+    `classifier_dropout` (else `hidden_dropout_prob`). With a
     `layer_policy`, the loaded encoder's projections are then reparameterized
     by `tfreparam.reparameterize` (decomposed from the pretrained weights).
     """
+    if head is not None and head not in HEADS:
+        raise ValueError(f"head must be None (the encoder) or one of {list(HEADS)}, got {head!r}.")
+    if head is not None and with_heads:
+        raise ValueError("with_heads (the MLM/NSP pretraining heads) and head='classifier' exclude each other.")
     checkpoint = read_hf_checkpoint(path)
     config = BertConfig.from_hf_config(checkpoint.config)
     tensors = dict(checkpoint.tensors)
     prefix = encoder_prefix(tensors)
-    if prefix:  # BertForPreTraining: strip "bert." from encoder tensors
+    if prefix:  # BertForPreTraining / BertForSequenceClassification: strip "bert." from encoder tensors
         tensors = {name[len(prefix):] if name.startswith(prefix) else name: value for name, value in tensors.items()}
-    model = _build(config, with_heads, encoder_kwargs)
+    num_labels = None
+    if head == "classifier":
+        num_labels = classifier_num_labels(checkpoint.config, checkpoint.path)
+        dropout = checkpoint.config.get("classifier_dropout")
+        dropout = config.hidden_dropout if dropout is None else float(dropout)
+        model = build_classifier(build_encoder(config, **encoder_kwargs), num_labels, dropout=dropout)
+    else:
+        model = _build(config, with_heads, encoder_kwargs)
     if not with_heads:
         tensors = {name: value for name, value in tensors.items() if not name.startswith("cls.")}
     fresh = _assign(
-        model, _name_map(config, with_heads), lambda e: tensors.get(e.hf), set(tensors),
-        lambda e: e.hf, lambda e: e.transpose_hf, strict,
-        f"Checkpoint {checkpoint.path}", config, "its config.json",
+        model, _name_map(config, with_heads, classifier=head == "classifier"), lambda e: tensors.get(e.hf),
+        set(tensors), lambda e: e.hf, lambda e: e.transpose_hf, strict,
+        f"Checkpoint {checkpoint.path}", config, "its config.json", num_labels=num_labels,
     )
     model = _reparameterize(model, layer_policy, calibration_data)
     return LoadedBert(config, model, fresh)
+
+
+def classifier_num_labels(hf_config: dict, source: str = "config.json") -> int:
+    """The number of classes of a Hugging Face classifier config: len(id2label), else num_labels, else 2."""
+    id2label = hf_config.get("id2label")
+    declared = hf_config.get("num_labels")
+    if id2label is not None and not isinstance(id2label, dict):
+        raise ValueError(f"{source}: id2label must map class ids to names, got {str(id2label)[:80]}.")
+    if id2label and declared is not None and int(declared) != len(id2label):
+        raise ValueError(f"{source}: num_labels={declared} but id2label names {len(id2label)} classes; "
+                         "make them agree.")
+    count = len(id2label) if id2label else int(declared) if declared is not None else 2
+    if count < 2:
+        raise ValueError(f"{source}: a classifier needs two or more labels; its config.json gives {count}.")
+    return count
 
 
 def load_google_checkpoint(ckpt_prefix: str, config: BertConfig, with_heads: bool = False,

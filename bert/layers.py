@@ -45,6 +45,7 @@ class WordEmbedding(keras.layers.Layer):
         self.vocab_size = int(vocab_size)
         self.embedding_size = int(embedding_size)
         self.initializer_range = float(initializer_range)
+        self.set_quantize_hooks()
 
     def build(self, input_shape):
         self.embeddings = self.add_weight(
@@ -54,11 +55,26 @@ class WordEmbedding(keras.layers.Layer):
         )
         super().build(input_shape)
 
+    @tf.__internal__.tracking.no_automatic_dependency_tracking
+    def set_quantize_hooks(self, table=None, attend_output=None) -> None:
+        """The QAT hooks (`bert.quantization.WordEmbeddingQuantizeConfig` sets them on every call).
+
+        `table`: a tensor used in place of `embeddings` by both modes (the
+        fake-quantized table); `attend_output`: a callable applied to the
+        "attend" logits (the decoder's output range; the layer is called twice
+        in a pretraining network, so the wrapper's single output quantizer
+        cannot serve). `None` restores the float computation.
+        """
+        self.quantized_table = table
+        self.attend_output_hook = attend_output
+
     def call(self, inputs, mode="embed"):
+        table = self.embeddings if self.quantized_table is None else self.quantized_table
         if mode == "embed":
-            return tf.gather(self.embeddings, tf.cast(inputs, tf.int32))
+            return tf.gather(table, tf.cast(inputs, tf.int32))
         if mode == "attend":
-            return tf.matmul(inputs, self.embeddings, transpose_b=True)
+            logits = tf.matmul(inputs, table, transpose_b=True)
+            return logits if self.attend_output_hook is None else self.attend_output_hook(logits)
         raise ValueError(f"mode must be 'embed' or 'attend', got {mode!r}.")
 
     def compute_output_shape(self, input_shape):  # for mode="embed"
@@ -116,6 +132,9 @@ class AttentionMath(keras.layers.Layer):
     mask (batch, seq) with 1 for real tokens. Softmax runs in float32 under
     mixed precision. Returns the context (batch, seq, hidden), and the
     attention probabilities (batch, heads, seq, seq) if `return_probs`.
+
+    Quantization-aware training (`bert.quantization`) sets callables at the
+    points where the int8 kernels requantize with `set_quantize_hooks`.
     """
 
     def __init__(self, num_heads, dropout=0.0, return_probs=False, **kwargs):
@@ -124,6 +143,30 @@ class AttentionMath(keras.layers.Layer):
         self.dropout = float(dropout)
         self.return_probs = bool(return_probs)
         self._dropout_layer = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
+        self.set_quantize_hooks(None)
+
+    # The tensors a QAT hook may replace, in call order ("masked_logits" takes (scores, mask)).
+    QUANTIZE_POINTS = ("scaled_query", "scores", "masked_logits", "probs", "context")
+
+    @tf.__internal__.tracking.no_automatic_dependency_tracking
+    def set_quantize_hooks(self, hooks) -> None:
+        """Sets the QAT hooks: a mapping from names in `QUANTIZE_POINTS` to callables, or `None` (float).
+
+        "scaled_query", "scores", "probs" and "context" are applied to that
+        tensor (fake-quants where the int8 kernels requantize); "masked_logits"
+        replaces the additive mask: `(scores, mask) -> logits`. Missing names
+        leave their step as it is.
+        """
+        hooks = dict(hooks or {})
+        unknown = sorted(set(hooks) - set(self.QUANTIZE_POINTS))
+        if unknown:
+            raise ValueError(f"AttentionMath '{self.name}': unknown quantize hooks {unknown}; "
+                             f"expected names from {self.QUANTIZE_POINTS}.")
+        self.quantize_hooks = hooks
+
+    def _apply_hook(self, name, x):
+        hook = self.quantize_hooks.get(name)
+        return x if hook is None else hook(x)
 
     def _split_heads(self, x, head_size):
         batch, seq = tf.shape(x)[0], tf.shape(x)[1]
@@ -134,14 +177,20 @@ class AttentionMath(keras.layers.Layer):
         query, key, value, mask = inputs
         hidden = query.shape[-1]
         head_size = hidden // self.num_heads
-        q = self._split_heads(query * tf.cast(1.0 / math.sqrt(head_size), query.dtype), head_size)
+        scaled = self._apply_hook("scaled_query", query * tf.cast(1.0 / math.sqrt(head_size), query.dtype))
+        q = self._split_heads(scaled, head_size)
         k = self._split_heads(key, head_size)
         v = self._split_heads(value, head_size)
-        scores = tf.cast(tf.matmul(q, k, transpose_b=True), tf.float32)
-        bias = (1.0 - tf.cast(mask, tf.float32)) * MASK_VALUE
-        scores = scores + bias[:, tf.newaxis, tf.newaxis, :]
-        probs = tf.nn.softmax(scores, axis=-1)
+        scores = self._apply_hook("scores", tf.cast(tf.matmul(q, k, transpose_b=True), tf.float32))
+        masked_logits = self.quantize_hooks.get("masked_logits")
+        if masked_logits is None:
+            bias = (1.0 - tf.cast(mask, tf.float32)) * MASK_VALUE
+            scores = scores + bias[:, tf.newaxis, tf.newaxis, :]
+        else:
+            scores = masked_logits(scores, mask)
+        probs = self._apply_hook("probs", tf.nn.softmax(scores, axis=-1))
         context = tf.matmul(self._dropout_layer(tf.cast(probs, v.dtype), training=training), v)
+        context = self._apply_hook("context", context)
         context = tf.transpose(context, (0, 2, 1, 3))
         context = tf.reshape(context, (tf.shape(query)[0], tf.shape(query)[1], hidden))
         if self.return_probs:

@@ -4,6 +4,11 @@ With these, `tfreparam.quantization.quantize_model(encoder)` wraps every layer
 of a flat BERT: projections (Dense or factorized), attention math, LayerNorm,
 embeddings, GELU, residual adds, pooler and heads.
 
+The configs follow TFMOT's `QuantizeConfig` pattern: they hand quantized
+weights and quantizers to the layers' documented QAT hooks
+(`AttentionMath.set_quantize_hooks`, `WordEmbedding.set_quantize_hooks`);
+no layer's `call` is replaced.
+
 Attention under QAT (`AttentionMathQuantizeConfig`) fake-quantizes what the
 int8 TFLite kernels see: the scaled query, the QK^T scores, the masked softmax
 input, the softmax output (TFLite's fixed int8 softmax scale, 1/256) and the
@@ -18,8 +23,7 @@ of at most 4.5e-5 each) and real scores keep their resolution.
 
 from __future__ import annotations
 
-import math
-import types
+import functools
 
 import tensorflow as tf
 import tf_keras as keras
@@ -50,9 +54,10 @@ class AttentionMathQuantizeConfig(configs.OutputQuantizeConfig):
         return [_named(name) for name in _ATTENTION_POINTS] + [_named("probs", probs)]
 
     def set_quantize_activations(self, layer, quantize_activations):
+        # Their `training` flag is set by the wrapper before each call.
         points = dict(zip(_ATTENTION_POINTS + ("probs",), quantize_activations))
-        object.__setattr__(layer, "_tfreparam_quantizers", points)
-        object.__setattr__(layer, "call", types.MethodType(_quantized_attention_call, layer))
+        points["masked_logits"] = functools.partial(_masked_logits, scores_quantizer=points["scores"])
+        layer.set_quantize_hooks(points)
 
     def get_output_quantizers(self, layer):
         return []
@@ -91,27 +96,6 @@ def _masked_logits(scores, mask, scores_quantizer):
     return tf.quantization.fake_quant_with_min_max_vars(logits, low, high, num_bits=8, narrow_range=False)
 
 
-def _quantized_attention_call(layer, inputs, training=None):
-    """`AttentionMath.call` with fake-quants where the int8 kernels requantize."""
-    q_points = layer._tfreparam_quantizers  # their `training` flag is set by the wrapper
-    query, key, value, mask = inputs
-    hidden = query.shape[-1]
-    head_size = hidden // layer.num_heads
-    scaled = q_points["scaled_query"](query * tf.cast(1.0 / math.sqrt(head_size), query.dtype))
-    q = layer._split_heads(scaled, head_size)
-    k = layer._split_heads(key, head_size)
-    v = layer._split_heads(value, head_size)
-    scores = q_points["scores"](tf.matmul(q, k, transpose_b=True))
-    probs = tf.nn.softmax(_masked_logits(scores, mask, q_points["scores"]), axis=-1)
-    probs = q_points["probs"](probs)
-    context = q_points["context"](tf.matmul(layer._dropout_layer(probs, training=training), v))
-    context = tf.transpose(context, (0, 2, 1, 3))
-    context = tf.reshape(context, (tf.shape(query)[0], tf.shape(query)[1], hidden))
-    if layer.return_probs:
-        return context, probs
-    return context
-
-
 @keras.utils.register_keras_serializable(package="bert")
 class WordEmbeddingQuantizeConfig(tfmot_config.QuantizeConfig):
     """The token table as an 8-bit per-tensor weight; "attend" (tied MLM decoder) logits get an output range.
@@ -128,11 +112,10 @@ class WordEmbeddingQuantizeConfig(tfmot_config.QuantizeConfig):
         return [_named("attend_output")]
 
     def set_quantize_weights(self, layer, quantize_weights):
-        object.__setattr__(layer, "_tfreparam_table", quantize_weights[0])
+        layer.set_quantize_hooks(table=quantize_weights[0], attend_output=layer.attend_output_hook)
 
     def set_quantize_activations(self, layer, quantize_activations):
-        object.__setattr__(layer, "_tfreparam_attend_quantizer", quantize_activations[0])
-        object.__setattr__(layer, "call", types.MethodType(_quantized_word_embedding_call, layer))
+        layer.set_quantize_hooks(table=layer.quantized_table, attend_output=quantize_activations[0])
 
     def get_output_quantizers(self, layer):
         return []
@@ -142,15 +125,6 @@ class WordEmbeddingQuantizeConfig(tfmot_config.QuantizeConfig):
 
     def __eq__(self, other):
         return type(self) is type(other)
-
-
-def _quantized_word_embedding_call(layer, inputs, mode="embed"):
-    table = layer._tfreparam_table
-    if mode == "embed":
-        return tf.gather(table, tf.cast(inputs, tf.int32))
-    if mode == "attend":
-        return layer._tfreparam_attend_quantizer(tf.matmul(inputs, table, transpose_b=True))
-    raise ValueError(f"mode must be 'embed' or 'attend', got {mode!r}.")
 
 
 def _register():

@@ -27,6 +27,10 @@ def flags_parser(flag_values: flags.FlagValues, doc: str | None = None) -> Calla
     """
 
     def parse(argv):
+        # TensorFlow's C++ INFO/WARNING lines (oneDNN, CUDA probing, one "Reading SavedModel" block per TFLite
+        # conversion) would bury the recipe's own progress lines; a user's own setting wins.
+        if "tensorflow" not in sys.modules:
+            os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         options = argv[1:argv.index("--")] if "--" in argv else argv[1:]
         if any(arg in HELP_FLAGS for arg in options):
             sys.stdout.write(usage(flag_values, doc))

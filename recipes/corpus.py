@@ -6,7 +6,7 @@ domain, deduplicated across domains. `split_parts` / `split` assign each
 sentence to one part by a hash of its text alone, so parts never overlap and a
 sentence's part stays the same whatever else is loaded (other domains
 included). `labelled` gives the labelled sets (WordNet lexicographer files,
-Debian sections). `stdlib_sentences` builds the docstring domain live from the
+Debian sections, Debian Reference chapters). `stdlib_sentences` builds the docstring domain live from the
 running Python.
 """
 
@@ -111,9 +111,9 @@ def split(sentences, fractions: dict[str, float]) -> dict[str, list[str]]:
 
 DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 DOMAINS = ("wordnet", "debian", "stdlib", "manual", "bible")
-TASKS = ("wordnet_lexname", "debian_section")
+TASKS = ("wordnet_lexname", "debian_section", "manual_chapter")
 # The domain whose text each labelled set's texts are: keep a held-out domain's set out of compression.
-TASK_DOMAINS = {"wordnet_lexname": "wordnet", "debian_section": "debian"}
+TASK_DOMAINS = {"wordnet_lexname": "wordnet", "debian_section": "debian", "manual_chapter": "manual"}
 SPLITS = ("train", "eval")
 
 
@@ -175,7 +175,7 @@ def _task_csv(name: str, split_name: str) -> str:
 
 
 def labelled(name: str, split: str) -> tuple[list[str], list[str]]:
-    """(texts, labels) of a labelled set ("wordnet_lexname", "debian_section") and split ("train", "eval")."""
+    """(texts, labels) of a labelled set (one of `TASKS`) and split ("train", "eval")."""
     _check_task(name, split)
     rows = list(csv.DictReader(io.StringIO(_task_csv(name, split))))
     return [r["text"] for r in rows], [r["label"] for r in rows]

@@ -47,7 +47,7 @@ class Pipeline:
         self.skipped: list[str] = []
 
     def _dir(self, name):
-        return os.path.join(self.root, name.replace("/", "__"))
+        return os.path.join(self.root, name.replace("/", "__").replace(" ", "_"))
 
     def done(self, name: str, key: str) -> bool:
         marker = os.path.join(self._dir(name), "done.json")
@@ -93,6 +93,24 @@ class Pipeline:
 
     def directory(self, name: str) -> str:
         return self._dir(name)
+
+
+class StagedJob:
+    """Stage bookkeeping shared by the recipes' run classes: `self.pipe` (a Pipeline) and `self.results`."""
+
+    pipe: Pipeline
+    results: dict
+
+    def _stage(self, name, fn, *depends, settings=None, cache=True) -> dict:
+        result = self.pipe.run(name, fn, *depends, settings=settings, cache=cache)
+        self.results[name] = result
+        return result
+
+    def _skipped(self, name: str) -> bool:
+        return name in self.pipe.skipped
+
+    def _path(self, stage: str, filename: str) -> str:
+        return os.path.join(self.pipe.directory(stage), filename)
 
 
 def _jsonable(value):

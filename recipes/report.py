@@ -1,147 +1,445 @@
-"""report.md, metrics.json and PNG plots of a compress run (matplotlib, Agg backend)."""
+"""report.md, metrics.json and pareto.png of a compress run (matplotlib, Agg backend).
+
+`metrics(run)` gathers a finished `recipes.stages.CompressRun` into the
+metrics dict (the headline keys, plus per-model rows); `write` puts it
+on disk as metrics.json and as a report for a reader: the Pareto table
+first (quality against batch-1 latency and file size), then in-domain vs
+held-out-domain figures per model, the probe, the baselines, how our model
+was built, and the stages in pipeline order.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 
-_NAMES = {"svd": "truncated SVD", "whitened": "whitened SVD",
-          "best": "best: sensitivity-allocated, sequential whitened SVD", "kronecker": "Kronecker", "tt": "tensor train"}
+# Row order of the Pareto table: (key, model, format).
+ROWS = (
+    ("original_fp32", "original", "fp32"),
+    ("original_int8", "original", "int8"),
+    ("compressed_fp32", "ours", "fp32"),
+    ("compressed_int8", "ours", "int8"),
+    ("layer_drop_fp32", "layer drop", "fp32"),
+    ("layer_drop_int8", "layer drop", "int8"),
+    ("minilm_l3_fp32", "MiniLM-L3", "fp32"),
+    ("minilm_l3_int8", "MiniLM-L3", "int8"),
+)
+# Where each row's quality comes from (evaluate stage results; fp32 TFLite computes what Keras computes).
+QUALITY_OF = {"original_int8": "original_int8", "compressed_fp32": "compressed", "compressed_int8": "compressed_int8",
+              "layer_drop_fp32": "layer_drop", "layer_drop_int8": "layer_drop_int8", "minilm_l3_fp32": "minilm_l3",
+              "minilm_l3_int8": "minilm_l3_int8"}
+STAGE_NAMES = {"load": "load the checkpoint", "text": "split the text (protocol)",
+               "reference": "the original's embeddings and probe", "importance": "importance of heads and neurons",
+               "latency model": "latency model (timed structures)", "prune": "choose and remove heads and neurons",
+               "refit": "least-squares refit", "distill": "distillation (ours)",
+               "layer drop": "distillation (layer-drop baseline)", "magnitude prune": "magnitude pruning",
+               "qat": "quantization-aware training", "export": "export", "evaluate": "evaluate every model",
+               "latency": "batch-1 latency, side by side"}
+# Models of the per-set probe table (evaluate stage keys), after the original.
+PROBE_MODELS = ("compressed", "compressed_int8", "layer_drop", "layer_drop_int8", "minilm_l3", "minilm_l3_int8")
+EQUAL_LATENCY = 1.05  # latencies within 5 % count as equal (the noise of side-by-side timing on a shared machine)
 
 
 def _fmt(value, pattern="{:.4f}"):
     return "—" if value is None else pattern.format(value)
 
 
-def method_table(metrics: dict) -> str:
-    lines = ["| method | held-out cosine | min cosine | NN agreement | mean output error | after distillation: cosine | NN agreement |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
-    for method, m in metrics["methods"].items():
-        lines.append(
-            f"| {_NAMES.get(method, method)} | {m['cosine']:.4f} | {m['cosine_min']:.4f} | {m['nn_agreement']:.3f} | "
-            f"{m['output_error']:.4f} | {_fmt(m.get('distilled_cosine'))} | {_fmt(m.get('distilled_nn_agreement'), '{:.3f}')} |"
-        )
-    return "\n".join(lines)
+def _row(run_results, key):
+    """One Pareto row's figures: quality (None where not measured), latency, speed-up, size."""
+    evaluate = run_results["evaluate"]
+    timing = run_results["latency"]["timing"]
+    files = run_results["export"]["bytes"]
+    if key not in files:
+        return None
+    quality = {} if key == "original_fp32" else evaluate.get(QUALITY_OF[key], {})
+    reference_probe = run_results["reference"]["probe"]
+    row = {"key": key, "heldout_cosine": 1.0 if key == "original_fp32" else quality.get("heldout_mean", {}).get("cosine"),
+           "heldout_cosine_min": 1.0 if key == "original_fp32" else quality.get("heldout_mean", {}).get("cosine_min"),
+           "heldout_nn_agreement": 1.0 if key == "original_fp32" else quality.get("heldout_mean", {}).get("nn_agreement"),
+           "heldout_nn_agreement_top10": 1.0 if key == "original_fp32" else quality.get("heldout_mean", {}).get(
+               "nn_agreement_top10"),
+           "in_domain_cosine": 1.0 if key == "original_fp32" else quality.get("in_domain_mean", {}).get("cosine"),
+           "probe": (sum(reference_probe.values()) / len(reference_probe) if reference_probe else None)
+           if key == "original_fp32" else quality.get("probe_mean"),
+           "latency_ms": timing[key]["ms"], "latency_median_ms": timing[key]["median_ms"],
+           "speedup": timing[key].get("speedup"), "bytes": files[key]}
+    return row
 
 
-def write(report_dir: str, metrics: dict, layer_table: str, results: dict) -> str:
-    """Writes metrics.json, report.md and plots; returns the report text."""
+def metrics(run) -> dict:
+    """The metrics of a finished run (see the module docstring)."""
+    r, s = run.results, run.s
+    evaluate = r["evaluate"]
+    ours, ours8 = evaluate["compressed"], evaluate["compressed_int8"]
+    reference_probe = r["reference"]["probe"]
+    rows = [row for row in (_row(r, key) for key, _, _ in ROWS) if row is not None]
+    by_key = {row["key"]: row for row in rows}
+    m = {
+        "model": s.model,
+        "policy": s.policy,
+        "seq_length": s.seq_length,
+        "protocol": {"compression_domains": r["text"]["compression_domains"],
+                     "heldout_domains": r["text"]["heldout_domains"], "probe_sets": r["text"]["probe_sets"]},
+        "sentences": r["text"]["sentences"],
+        "heldout_domain_cosine": ours["heldout_mean"]["cosine"],
+        "heldout_domain_cosine_min": ours["heldout_mean"]["cosine_min"],
+        "heldout_domain_nn_agreement": ours["heldout_mean"]["nn_agreement"],
+        "heldout_domain_nn_agreement_top10": ours["heldout_mean"]["nn_agreement_top10"],
+        "in_domain_cosine": ours["in_domain_mean"]["cosine"],
+        "in_domain_cosine_min": ours["in_domain_mean"]["cosine_min"],
+        "in_domain_nn_agreement": ours["in_domain_mean"]["nn_agreement"],
+        "in_domain_nn_agreement_top10": ours["in_domain_mean"]["nn_agreement_top10"],
+        "in_domain_minus_heldout_cosine": ours["in_domain_mean"]["cosine"] - ours["heldout_mean"]["cosine"],
+        "heldout_domain_cosine_int8": ours8["heldout_mean"]["cosine"],
+        "per_domain": {"in_domain": {d: v for d, v in ours["in_domain"].items()},
+                       "heldout": {d: v for d, v in ours["heldout"].items()}},
+        "probe_accuracy_original": _mean(reference_probe),
+        "probe_accuracy_compressed": ours.get("probe_mean"),
+        "probe_accuracy_compressed_int8": ours8.get("probe_mean"),
+        "probes": {name: {"original": acc, **{model: evaluate.get(model, {}).get("probe", {}).get(name)
+                                              for model in PROBE_MODELS}}
+                   for name, acc in reference_probe.items()},
+        "latency_ms": {row["key"]: row["latency_ms"] for row in rows},
+        "speedup_vs_original_int8": {row["key"]: row["speedup"] for row in rows},
+        "compressed_int8_speedup": by_key["compressed_int8"]["speedup"],
+        "bytes": {row["key"]: row["bytes"] for row in rows},
+        "int8_cosine_to_keras": evaluate["int8_cosine_to_keras"],
+        "int8_cosine_to_keras_min": evaluate["int8_cosine_to_keras_min"],
+        "int8_mode": s.int8,
+        "baselines": _baselines(run, by_key),
+        "models": rows,
+        "parameters": {"original": r["load"]["parameters"], "compressed": int(run.models["compressed"].count_params())},
+        "distillation": {k: r["distill"][k] for k in ("steps", "seconds", "layer_map", "history")}
+        if "distill" in r else None,
+        "stage_seconds": {name: res.get("seconds") for name, res in r.items()
+                          if name in STAGE_NAMES or name.startswith("factorize/")},
+        "stages_skipped": list(run.pipe.skipped),
+        "compressed_model": r["export"]["keras"],
+        "files": r["export"]["files"],
+    }
+    if s.policy == "structured":
+        m["structure"] = {k: r["prune"][k] for k in ("heads_per_block", "neurons_per_block", "retained_score",
+                                                     "predicted_speedup", "aimed_speedup", "measured_speedup",
+                                                     "checks")}
+        m["target_speedup"] = s.target_speedup
+        if "refit" in r:
+            m["refit"] = {"mean_error_before": _mean(r["refit"]["errors_before"]),
+                          "mean_error_after": _mean(r["refit"]["errors_after"])}
+    else:
+        m["factorize"] = {"best": r["factorize"]["best"], "budget": s.budget,
+                          "methods": {k: {"in_domain_cosine": v["in_domain_cosine"], "params_after": v["params_after"],
+                                          "params_before": v["params_before"]}
+                                      for k, v in r["factorize"]["methods"].items()}}
+    if "latency model" in r:
+        m["latency_model"] = dict(r["latency model"]["model"])
+    for name in ("magnitude prune", "qat"):
+        if name in r:
+            m[name.replace(" ", "_")] = {k: v for k, v in r[name].items() if not k.startswith("_")}
+    m["verdict"] = verdict(by_key)
+    m["targets"] = targets(m)
+    return m
+
+
+# Issue 14's bar for the demo's default setting: (key, what, check).
+TARGETS = (
+    ("speedup", "int8 speed-up over the original's int8 >= 1.4x", lambda m: m["compressed_int8_speedup"] >= 1.4),
+    ("heldout_cosine", "held-out-domain cosine >= 0.90", lambda m: m["heldout_domain_cosine"] >= 0.90),
+    ("probe", "probe within 4 points of the original",
+     lambda m: m["probe_accuracy_compressed"] is None
+     or m["probe_accuracy_original"] - m["probe_accuracy_compressed"] <= 0.04),
+    ("gap", "in-domain minus held-out-domain cosine <= 0.03", lambda m: m["in_domain_minus_heldout_cosine"] <= 0.03),
+    ("layer_drop", "higher cosine and probe than layer drop at equal or lower latency",
+     lambda m: m["verdict"]["beats_layer_drop"] is not False),
+)
+
+
+def targets(m: dict) -> dict:
+    """{key: {"what", "met"}} for each of TARGETS (met: True / False)."""
+    return {key: {"what": what, "met": bool(check(m))} for key, what, check in TARGETS}
+
+
+def _mean(values: dict):
+    values = [v for v in values.values() if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+def _baselines(run, by_key) -> dict:
+    r = run.results
+    out = {}
+    if "original_int8" in by_key:
+        out["int8"] = {"heldout_domain_cosine": by_key["original_int8"]["heldout_cosine"],
+                       "heldout_domain_cosine_min": by_key["original_int8"]["heldout_cosine_min"],
+                       "probe_accuracy": by_key["original_int8"]["probe"],
+                       "latency_ms": by_key["original_int8"]["latency_ms"], "bytes": by_key["original_int8"]["bytes"],
+                       "mode": run.s.int8}
+    if "layer_drop_int8" in by_key:
+        q = r["evaluate"]["layer_drop"]
+        out["layer_drop"] = {"keep_blocks": run.layer_drop_info["keep"],
+                             "heldout_domain_cosine": q["heldout_mean"]["cosine"],
+                             "heldout_domain_cosine_min": q["heldout_mean"]["cosine_min"],
+                             "heldout_domain_nn_agreement": q["heldout_mean"]["nn_agreement"],
+                             "in_domain_cosine": q["in_domain_mean"]["cosine"],
+                             "probe_accuracy": q.get("probe_mean"),
+                             "int8": {k: by_key["layer_drop_int8"][k] for k in ("heldout_cosine", "probe", "latency_ms",
+                                                                                 "speedup", "bytes")},
+                             "latency_ms": by_key["layer_drop_int8"]["latency_ms"],
+                             "latency_ms_fp32": by_key["layer_drop_fp32"]["latency_ms"],
+                             "bytes": by_key["layer_drop_int8"]["bytes"],
+                             "predicted_ratio": run.layer_drop_info["predicted_ratio"],
+                             "distillation": run.layer_drop_info.get("distillation")}
+    if "minilm_l3_fp32" in by_key:
+        out["minilm_l3"] = {"probe_accuracy": by_key["minilm_l3_fp32"]["probe"],
+                            "probe_accuracy_int8": by_key["minilm_l3_int8"]["probe"],
+                            "latency_ms": by_key["minilm_l3_fp32"]["latency_ms"],
+                            "latency_ms_int8": by_key["minilm_l3_int8"]["latency_ms"],
+                            "bytes": by_key["minilm_l3_fp32"]["bytes"], "bytes_int8": by_key["minilm_l3_int8"]["bytes"],
+                            "runtime": "onnxruntime",
+                            "note": "its own embedding space: cosine to the original is not comparable"}
+    return out
+
+
+def verdict(by_key) -> dict:
+    """Does ours (int8) beat layer drop (int8): higher cosine and probe at equal or lower latency?"""
+    ours, drop = by_key.get("compressed_int8"), by_key.get("layer_drop_int8")
+    if ours is None or drop is None:
+        return {"beats_layer_drop": None, "text": "No layer-drop baseline in this run."}
+    faster = ours["latency_ms"] <= drop["latency_ms"] * EQUAL_LATENCY
+    cosine = ours["heldout_cosine"] > drop["heldout_cosine"]
+    probe = ours["probe"] is None or drop["probe"] is None or ours["probe"] > drop["probe"]
+    speed = (f"{ours['latency_ms']:.2f} ms against {drop['latency_ms']:.2f} ms"
+             + (" (equal within 5 %)" if abs(ours["latency_ms"] / drop["latency_ms"] - 1) <= EQUAL_LATENCY - 1 else ""))
+    figures = (f"held-out-domain cosine {ours['heldout_cosine']:.4f} against {drop['heldout_cosine']:.4f}"
+               + (f", probe {ours['probe']:.3f} against {drop['probe']:.3f}"
+                  if ours["probe"] is not None and drop["probe"] is not None else ""))
+    if faster and cosine and probe:
+        text = f"Our int8 model beats the layer-drop baseline: {figures}, at {speed}."
+    else:
+        lost = [what for what, ok in (("it is slower", faster), ("its held-out-domain cosine is not higher", cosine),
+                                      ("its probe accuracy is not higher", probe)) if not ok]
+        text = (f"Our int8 model does NOT beat the layer-drop baseline at equal latency: {' and '.join(lost)} "
+                f"({figures}; {speed}).")
+    return {"beats_layer_drop": bool(faster and cosine and probe), "text": text}
+
+
+# -- writing -------------------------------------------------------------------------------
+
+
+def write(report_dir: str, metrics: dict) -> str:
+    """Writes metrics.json, report.md and pareto.png; returns the report text."""
     os.makedirs(report_dir, exist_ok=True)
-    plots = plot_methods(report_dir, metrics) + plot_exports(report_dir, metrics)
-    metrics = dict(metrics, plots=plots)
+    plots = plot_pareto(report_dir, metrics)
+    metrics["plots"] = plots
     with open(os.path.join(report_dir, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=2, default=str)
-    m = metrics
-    lines = [
-        "# Compression report",
-        "",
-        f"Model: {m['model']}. Encoder projections ({m['policy']}) at {m['budget']:.0%} of their parameters: "
-        f"{m['params_before']:,} -> {m['params_after']:,} (whole model {m['total_params_before']:,} -> "
-        f"{m['total_params_after']:,}). Text: {m['sentences']}.",
-        "",
-        f"Result ({_NAMES.get(m['best_method'], m['best_method'])}"
-        f"{', after %d distillation steps' % m['distill_steps'] if m['distill_steps'] else ''}): held-out embedding "
-        f"cosine **{m['embedding_cosine_heldout']:.4f}** (min {m['embedding_cosine_min_heldout']:.4f}), "
-        f"nearest-neighbour agreement {m['nn_agreement_heldout']:.3f}.",
-        "",
-        "## Methods (held-out sentences, never used for calibration or distillation)",
-        "",
-        method_table(m),
-        "",
-    ]
-    if plots:
-        lines += [f"![{os.path.splitext(p)[0]}]({p})" for p in plots] + [""]
-    exported = (m.get("export") or {}).get("artifact_bytes")
-    if exported:
-        latency = m["export"]["latency_ms"]
-        lines += ["## Exported files", "", f"Sequence length {m['seq_length']}; latency: median of 10 single-sentence "
-                  "calls on this machine.", "", "| file | MB | batch-1 ms |", "|---|---:|---:|"]
-        lines += [f"| {name} | {size / 1e6:.1f} | {latency[name]:.1f} |" for name, size in exported.items()]
-        lines += [""]
-    for key, title in (("prune", "Pruning"), ("qat", "Quantization-aware training"), ("export", "Export")):
-        if m.get(key):
-            lines += [f"## {title}", "", "```", json.dumps(m[key], indent=2, default=str), "```", ""]
-    lines += ["## Stages", "", "| stage | seconds |", "|---|---:|"]
-    lines += [f"| {name} | {seconds} |" for name, seconds in m["stage_seconds"].items()]
-    if m.get("stages_skipped"):
-        lines += ["", f"Skipped in this run (seconds are from the run that did them): {', '.join(m['stages_skipped'])}."]
-    lines += ["", f"Total: {m['seconds_total']:.1f} s.", "", f"## Per layer ({_NAMES.get(m['best_method'], m['best_method'])})",
-              "", layer_table, ""]
-    text = "\n".join(lines)
+    text = "\n".join(_report_lines(metrics))
     with open(os.path.join(report_dir, "report.md"), "w") as f:
         f.write(text)
     return text
 
 
-def plot_methods(report_dir: str, metrics: dict) -> list[str]:
-    """fidelity.png: held-out cosine per method, before and after distillation."""
+_LABELS = {key: f"{model}, {fmt}" for key, model, fmt in ROWS}
+
+
+def _runtime(key, m):
+    if key.startswith("minilm_l3"):
+        return "ONNX Runtime" + (" (dynamic int8)" if key.endswith("int8") else "")
+    if key.endswith("int8"):
+        return {"dynamic": "TFLite dynamic-range int8", "full": "TFLite full-integer int8",
+                "int16x8": "TFLite int16x8"}[m["int8_mode"]]
+    return "TFLite fp32"
+
+
+def _report_lines(m: dict) -> list[str]:
+    protocol = m["protocol"]
+    lines = ["# Compression report", "",
+             f"Model {m['model']}, compressed with `--policy={m['policy']}`"
+             + (f" to a {m['target_speedup']}x int8 speed-up target" if m["policy"] == "structured" else "") + ". "
+             f"Compression text: {', '.join(protocol['compression_domains'])}. Held-out domains (never used for "
+             f"calibration, importance, refit or distillation): {', '.join(protocol['heldout_domains'])}. "
+             f"Linear probe: {', '.join(protocol['probe_sets']) or 'none (no labelled set for these domains)'}.", "",
+             f"**{m['verdict']['text']}**", "",
+             "Targets of this job's default setting: "
+             + "; ".join(f"{t['what']}: {'met' if t['met'] else '**not met**'}" for t in m["targets"].values())
+             + ".", "",
+             "## Quality against speed and size", "",
+             f"Batch 1, sequence length {m['seq_length']}, interleaved calls on this machine: ms is the 20th "
+             "percentile of each file's calls (contention only adds time, and more to longer calls), speed-up the "
+             "ratio to the original's int8 file. Cosine and neighbour agreement: mean over the "
+             "held-out domains of each sentence embedding's cosine to the original's (min: the worst sentence). "
+             "Probe: k-fold accuracy of a logistic regression on the held-out domains' labelled sets.", "",
+             "| model | runtime | held-out cosine | min | NN top-1 | NN top-10 | in-domain cosine | probe | ms | "
+             "speed-up | MB |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for row in m["models"]:
+        lines.append(f"| {_LABELS[row['key']]} | {_runtime(row['key'], m)} | {_fmt(row['heldout_cosine'])} | "
+                     f"{_fmt(row['heldout_cosine_min'])} | {_fmt(row['heldout_nn_agreement'], '{:.3f}')} | "
+                     f"{_fmt(row['heldout_nn_agreement_top10'], '{:.3f}')} | {_fmt(row['in_domain_cosine'])} | "
+                     f"{_fmt(row['probe'], '{:.3f}')} | {row['latency_ms']:.2f} | {_fmt(row['speedup'], '{:.2f}x')} | "
+                     f"{row['bytes'] / 1e6:.1f} |")
+    if "minilm_l3" in m["baselines"]:
+        lines += ["", "MiniLM-L3 has its own embedding space, so its cosine to the original means nothing: only its "
+                  "probe accuracy, latency and size compare."]
+    lines += ["", "![quality against latency and size](pareto.png)", ""]
+
+    lines += ["## In-domain and held-out-domain figures (ours, fp32)", "",
+              "| text | domain | sentences | cosine | min cosine | NN top-1 | NN top-10 |",
+              "|---|---|---:|---:|---:|---:|---:|"]
+    counts = m["sentences"]
+    for group, title, count_key in (("in_domain", "in-domain held-out", "in_domain_heldout"),
+                                    ("heldout", "held-out domain", "heldout_domains")):
+        for domain, f in m["per_domain"][group].items():
+            lines.append(f"| {title} | {domain} | {counts[count_key].get(domain, '—')} | {f['cosine']:.4f} | "
+                         f"{f['cosine_min']:.4f} | {f['nn_agreement']:.3f} | {f['nn_agreement_top10']:.3f} |")
+    lines += ["", f"In-domain minus held-out-domain cosine: {m['in_domain_minus_heldout_cosine']:+.4f}.", ""]
+
+    if m["probes"]:
+        lines += ["## Linear probe (held-out domains)", "",
+                  "| labelled set | examples | original | ours fp32 | ours int8 | layer drop fp32 | layer drop int8 | "
+                  "MiniLM-L3 fp32 | MiniLM-L3 int8 |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for name, p in m["probes"].items():
+            lines.append(f"| {name} | {counts['probe'].get(name, '—')} | {p['original']:.3f} | "
+                         + " | ".join(_fmt(p.get(model), "{:.3f}") for model in PROBE_MODELS) + " |")
+        lines.append("")
+
+    lines += ["## Baselines", ""]
+    b = m["baselines"]
+    if "int8" in b:
+        lines.append(f"- **int8 of the original** ({b['int8']['mode']}): held-out cosine "
+                     f"{_fmt(b['int8']['heldout_domain_cosine'])}, {b['int8']['latency_ms']:.2f} ms, "
+                     f"{b['int8']['bytes'] / 1e6:.1f} MB.")
+    if "layer_drop" in b:
+        d = b["layer_drop"]
+        dist = d.get("distillation") or {}
+        lines.append(f"- **Layer drop**: blocks {d['keep_blocks']} of the original (the depth whose predicted int8 "
+                     f"latency is nearest ours), distilled with our budget ({dist.get('steps', 0)} steps, same "
+                     f"batches and losses): held-out cosine {d['heldout_domain_cosine']:.4f} (fp32), in-domain "
+                     f"{d['in_domain_cosine']:.4f}, probe {_fmt(d['probe_accuracy'], '{:.3f}')}; int8 "
+                     f"{d['latency_ms']:.2f} ms.")
+    if "minilm_l3" in b:
+        l3 = b["minilm_l3"]
+        lines.append(f"- **paraphrase-MiniLM-L3-v2** (sentence-transformers, ONNX): probe "
+                     f"{_fmt(l3['probe_accuracy'], '{:.3f}')} (int8 {_fmt(l3['probe_accuracy_int8'], '{:.3f}')}), "
+                     f"{l3['latency_ms']:.2f} ms fp32 / {l3['latency_ms_int8']:.2f} ms int8 in ONNX Runtime.")
+    lines.append("")
+
+    lines += ["## How our model was built", ""]
+    if m["policy"] == "structured":
+        st = m["structure"]
+        lines += [f"Heads kept per block: {list(st['heads_per_block'].values())}; FFN neurons kept per block: "
+                  f"{list(st['neurons_per_block'].values())} (share of the importance kept: "
+                  f"{st['retained_score']:.3f}). Aimed at {st['aimed_speedup']:.2f}x (target plus margin); the "
+                  f"latency model predicted {st['predicted_speedup']:.2f}x, the pruned structure measured "
+                  f"{st['measured_speedup']:.2f}x when it was chosen"
+                  + (f" (after {len(st['checks']) - 1} re-search(es) with a budget shrunk by the miss: "
+                     + ", ".join(f"{c['measured_speedup']:.2f}x" for c in st["checks"]) + ")"
+                     if len(st["checks"]) > 1 else "")
+                  + f", and {_fmt(m['compressed_int8_speedup'], '{:.2f}x')} in the side-by-side timing below "
+                  "(after refit and distillation, which keep the structure)."]
+        if m.get("refit"):
+            lines += ["", f"Least-squares refit of the output projections: mean relative error of the residual sums "
+                      f"{m['refit']['mean_error_before']:.4f} before, {m['refit']['mean_error_after']:.4f} after."]
+    else:
+        f = m["factorize"]
+        lines += ["| method | in-domain cosine | parameters kept |", "|---|---:|---:|"]
+        lines += [f"| {k} | {v['in_domain_cosine']:.4f} | {v['params_after']:,} of {v['params_before']:,} |"
+                  for k, v in f["methods"].items()]
+        lines += ["", f"Kept: {f['best']} (the best in-domain cosine), at {f['budget']:.0%} of the projection "
+                  "parameters."]
+    lm = m.get("latency_model")
+    if lm:
+        lines += ["", "Latency model fitted on this machine (int8 time relative to the original's): "
+                  f"{lm['constant']:.3f} + {lm['per_block']:.4f}·blocks + {lm['per_head']:.5f}·heads + "
+                  f"{lm['per_neuron']:.2e}·neurons.", "", "| timed structure | measured | predicted |",
+                  "|---|---:|---:|"]
+        lines += [f"| {p['structure']} | {p['measured']:.3f} | {p['predicted']:.3f} |" for p in lm["points"]]
+    if m.get("distillation"):
+        d = m["distillation"]
+        history = d["history"]
+        first, last = history[0], history[-1]
+        lines += ["", f"Distillation: {d['steps']} steps, {d['seconds']:.0f} s; hidden-state loss {_fmt(first[1])} -> "
+                  f"{_fmt(last[1])}, embedding loss {_fmt(first[2])} -> {_fmt(last[2])} (TensorBoard logs in "
+                  "tensorboard/)."]
+    lines += ["", f"Parameters: {m['parameters']['original']:,} -> {m['parameters']['compressed']:,}. "
+              f"The int8 file keeps cosine {m['int8_cosine_to_keras']:.4f} (min {m['int8_cosine_to_keras_min']:.4f}) "
+              f"to our Keras model" + (" — below 0.99!" if m["int8_cosine_to_keras"] < 0.99 else "") + ".", ""]
+
+    lines += ["## Stages", "", "| stage | seconds |", "|---|---:|"]
+    lines += [f"| {_stage_name(name)} | {_fmt(seconds, '{:.1f}')} |" for name, seconds in m["stage_seconds"].items()]
+    if m["stages_skipped"]:
+        lines += ["", "Skipped in this run (their seconds are from the run that did them): "
+                  + ", ".join(_stage_name(n) for n in m["stages_skipped"]) + "."]
+    lines += ["", f"Total: {m['seconds_total']:.1f} s.", ""]
+    return lines
+
+
+def _stage_name(name: str) -> str:
+    if name.startswith("factorize/"):
+        return f"factorize ({name.split('/', 1)[1]})"
+    return STAGE_NAMES.get(name, name)
+
+
+def plot_pareto(report_dir: str, metrics: dict) -> list[str]:
+    """pareto.png: held-out cosine and probe accuracy against batch-1 latency and file size, one point per file."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    methods = list(metrics["methods"])
-    before = [metrics["methods"][k]["cosine"] for k in methods]
-    after = [metrics["methods"][k].get("distilled_cosine") for k in methods]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    xs = range(len(methods))
-    ax.bar([x - 0.2 for x in xs], before, width=0.4, label="factorized")
-    ax.bar([x + 0.2 for x in xs], [a or 0 for a in after], width=0.4, label="+ distillation")
-    ax.axhline(0.95, color="gray", linestyle="--", linewidth=1, label="target 0.95")
-    ax.set_xticks(list(xs), methods)
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("held-out embedding cosine")
-    ax.set_title(f"{metrics['model']} at {metrics['budget']:.0%} of projection parameters")
-    ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(os.path.join(report_dir, "fidelity.png"), dpi=100)
+    rows = metrics["models"]
+    fig, axes = plt.subplots(2, 2, figsize=(10, 7.5))
+    colours = {"original": "tab:gray", "ours": "tab:red", "layer drop": "tab:blue", "MiniLM-L3": "tab:green"}
+    marks = {"fp32": "o", "int8": "s"}
+    labelled = set()
+    for r, (quality, title) in enumerate((("heldout_cosine", "held-out-domain cosine to the original"),
+                                          ("probe", "probe accuracy (held-out domains)"))):
+        for c, (x_key, x_title) in enumerate((("latency_ms", "batch-1 latency (ms)"), ("bytes", "file size (MB)"))):
+            ax = axes[r][c]
+            for row in rows:
+                key = row["key"]
+                model, fmt = next((mo, fo) for k, mo, fo in ROWS if k == key)
+                y = row[quality]
+                if y is None or (quality == "heldout_cosine" and model == "MiniLM-L3"):
+                    continue
+                x = row[x_key] / (1e6 if x_key == "bytes" else 1)
+                label = f"{model}, {fmt}"
+                ax.scatter([x], [y], color=colours[model], marker=marks[fmt],
+                           label=label if label not in labelled else None)
+                labelled.add(label)
+            ax.set_xlabel(x_title)
+            ax.set_ylabel(title)
+            ax.grid(alpha=0.3)
+    handles, labels = [], []
+    for ax in axes.flat:
+        h, lab = ax.get_legend_handles_labels()
+        handles += h
+        labels += lab
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8)
+    name = os.path.basename(metrics["model"].rstrip("/"))
+    fig.suptitle(f"{name}: quality against batch-1 latency and size (sequence length {metrics['seq_length']})")
+    fig.tight_layout(rect=(0, 0.08, 1, 0.96))
+    fig.savefig(os.path.join(report_dir, "pareto.png"), dpi=100)
     plt.close(fig)
-    return ["fidelity.png"]
-
-
-def plot_exports(report_dir: str, metrics: dict) -> list[str]:
-    """exports.png: file size and batch-1 latency of each exported artifact (none: no plot)."""
-    export = metrics.get("export") or {}
-    sizes, latency = export.get("artifact_bytes"), export.get("latency_ms")
-    if not sizes:
-        return []
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = list(sizes)
-    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
-    left.barh(names, [sizes[n] / 1e6 for n in names])
-    left.set_xlabel("file size (MB)")
-    right.barh(names, [latency[n] for n in names])
-    right.set_xlabel("batch-1 latency (ms)")
-    right.set_yticks([])
-    fig.suptitle(f"{metrics['model']}: exported artifacts at sequence length {metrics['seq_length']}")
-    fig.tight_layout()
-    fig.savefig(os.path.join(report_dir, "exports.png"), dpi=100)
-    plt.close(fig)
-    return ["exports.png"]
+    return ["pareto.png"]
 
 
 def plot_sweep(path: str, rows: list[dict]) -> None:
-    """Fidelity vs kept share of parameters, one line per method and stage."""
+    """Held-out-domain cosine (and layer drop's where measured) against measured int8 speed-up."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for method in sorted({r["method"] for r in rows}):
-        points = sorted((r["budget"], r["cosine"], r.get("distilled_cosine")) for r in rows if r["method"] == method)
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=f"{method}")
-        if any(p[2] is not None for p in points):
-            ax.plot([p[0] for p in points if p[2] is not None], [p[2] for p in points if p[2] is not None],
-                    marker="s", linestyle="--", label=f"{method} + distillation")
-    ax.axhline(0.95, color="gray", linestyle=":", linewidth=1)
-    ax.set_xlabel("share of projection parameters kept")
-    ax.set_ylabel("held-out embedding cosine")
+    points = sorted((r["speedup"], r["heldout_domain_cosine"]) for r in rows if r.get("speedup"))
+    ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label="ours (fp32 figures)")
+    drops = sorted((r["layer_drop_speedup"], r["layer_drop_cosine"]) for r in rows if r.get("layer_drop_speedup"))
+    if drops:
+        ax.plot([p[0] for p in drops], [p[1] for p in drops], marker="s", linestyle="--", label="layer drop")
+    ax.set_xlabel("int8 speed-up over the original's int8 (measured)")
+    ax.set_ylabel("held-out-domain cosine")
     ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

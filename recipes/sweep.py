@@ -1,11 +1,22 @@
-r"""Plain vs whitened vs best, before and after distillation, at several budgets.
+r"""The compress job at several settings of its compression knob, one table and one plot.
 
-Runs `recipes.compress` once per budget (each in `<report_dir>/budget_XX/`,
-so finished stages are reused on a re-run) and writes `sweep.md`,
-`sweep.json` and `sweep.png` (fidelity vs kept parameters) to --report_dir.
-Every compress flag applies (e.g. --distill_steps, --train_files).
+--policy=structured (default) sweeps --speedups (int8 speed-up targets);
+--policy=lowrank / kronecker / tt sweeps --budgets (shares of projection
+parameters kept). Each run goes to `<report_dir>/speedup_X` or
+`<report_dir>/budget_XX`, so finished stages are reused on a re-run, and
+sweep.md, sweep.json and sweep.png (held-out-domain cosine against the
+measured int8 speed-up, with the layer-drop baseline where it ran) go to
+--report_dir. Every compress flag applies.
 
-    python -m recipes.sweep --budgets=0.25,0.5,0.75 --distill_methods=svd,whitened,best
+With --task_model (the task path, `recipes.task_compress`) it sweeps
+--speedups as fp32 speed-up targets of the student over the teacher, one task
+compression each, and draws eval accuracy against batch-1 latency of the four
+files of every run (`recipes.task_report.write_sweep`). The task flags apply.
+
+    python -m recipes.sweep --speedups=1.3,1.5,1.8
+    python -m recipes.sweep --policy=lowrank --budgets=0.25,0.5,0.75 --baselines=int8
+    python -m recipes.sweep --task_model=runs/finetune --train_files=train.csv --eval_files=eval.csv \
+        --speedups=1.5,2,3 --report_dir=reports/task_sweep
 """
 
 from __future__ import annotations
@@ -18,52 +29,81 @@ from absl import app, flags
 from recipes import compress  # noqa: F401  defines the shared flags
 
 FLAGS = compress.FLAGS
-flags.DEFINE_list("budgets", ["0.25", "0.5", "0.75"], "Budgets to sweep (shares of projection parameters).",
-                  flag_values=FLAGS)
+flags.DEFINE_list("budgets", ["0.25", "0.5", "0.75"], "Budgets to sweep (shares of projection parameters; "
+                  "--policy=lowrank / kronecker / tt).", flag_values=FLAGS)
+flags.DEFINE_list("speedups", ["1.3", "1.5", "1.8"], "Speed-up targets to sweep (--policy=structured: int8 over "
+                  "the original's int8; with --task_model: fp32 student over the teacher).", flag_values=FLAGS)
+
+COLUMNS = ("heldout_domain_cosine", "heldout_domain_cosine_min", "heldout_domain_nn_agreement", "in_domain_cosine",
+           "probe_accuracy_compressed", "speedup", "layer_drop_cosine", "layer_drop_speedup")
 
 
-def sweep(settings: dict, budgets) -> list[dict]:
+def _row(value, metrics: dict) -> dict:
+    row = {"value": value, **{k: metrics.get(k) for k in COLUMNS[:5]}, "speedup": metrics.get("compressed_int8_speedup")}
+    drop = metrics.get("baselines", {}).get("layer_drop")
+    row["layer_drop_cosine"] = drop["heldout_domain_cosine"] if drop else None
+    row["layer_drop_speedup"] = drop["int8"]["speedup"] if drop else None
+    row["beats_layer_drop"] = metrics.get("verdict", {}).get("beats_layer_drop")
+    return row
+
+
+def sweep(settings, values) -> list[dict]:
+    """One compress run per value (a speed-up target or a budget); returns the table's rows."""
+    if settings.task_model:
+        from recipes import task_compress
+
+        return task_compress.sweep(settings, values)
     from recipes import report as report_lib
 
+    root = settings.report_dir
+    structured = settings.policy == "structured"
     rows = []
-    root = settings["report_dir"]
-    for budget in budgets:
-        run_settings = dict(settings, budget=budget, report_dir=os.path.join(root, f"budget_{round(budget * 100):02d}"))
-        metrics = compress.run(run_settings)
-        for method, m in metrics["methods"].items():
-            rows.append(dict(budget=budget, method=method, params_after=m["params_after"], **{
-                k: m.get(k) for k in ("cosine", "cosine_min", "nn_agreement", "output_error", "distilled_cosine",
-                                      "distilled_nn_agreement")}))
+    for value in values:
+        if structured:
+            one = settings.replace(target_speedup=value, report_dir=os.path.join(root, f"speedup_{value:g}"))
+        else:
+            one = settings.replace(budget=value, report_dir=os.path.join(root, f"budget_{round(value * 100):02d}"))
+        rows.append(_row(value, compress.run(one)))
     with open(os.path.join(root, "sweep.json"), "w") as f:
         json.dump(rows, f, indent=2)
-    lines = ["| budget | method | cosine | NN agreement | output error | distilled cosine | distilled NN agreement |",
-             "|---:|---|---:|---:|---:|---:|---:|"]
+    knob = "target speed-up" if structured else "budget"
+    fmt = lambda v, p="{:.4f}": "—" if v is None else p.format(v)  # noqa: E731
+    lines = [f"| {knob} | held-out cosine | min | NN top-1 | in-domain cosine | probe | int8 speed-up | "
+             "layer drop: cosine | speed-up | beats it |", "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
-        fmt = lambda v, p="{:.4f}": "—" if v is None else p.format(v)  # noqa: E731
-        lines.append(f"| {r['budget']:.0%} | {r['method']} | {r['cosine']:.4f} | {r['nn_agreement']:.3f} | "
-                     f"{r['output_error']:.4f} | {fmt(r['distilled_cosine'])} | "
-                     f"{fmt(r['distilled_nn_agreement'], '{:.3f}')} |")
+        lines.append(f"| {r['value']:g} | {fmt(r['heldout_domain_cosine'])} | {fmt(r['heldout_domain_cosine_min'])} | "
+                     f"{fmt(r['heldout_domain_nn_agreement'], '{:.3f}')} | {fmt(r['in_domain_cosine'])} | "
+                     f"{fmt(r['probe_accuracy_compressed'], '{:.3f}')} | {fmt(r['speedup'], '{:.2f}x')} | "
+                     f"{fmt(r['layer_drop_cosine'])} | {fmt(r['layer_drop_speedup'], '{:.2f}x')} | "
+                     f"{'—' if r['beats_layer_drop'] is None else ('yes' if r['beats_layer_drop'] else 'no')} |")
     table = "\n".join(lines)
     with open(os.path.join(root, "sweep.md"), "w") as f:
-        f.write(f"# Sweep ({settings['distill_steps']} distillation steps per distilled method)\n\n{table}\n\n"
-                "![sweep](sweep.png)\n")
+        f.write(f"# Sweep of the {knob} (--policy={settings.policy}, {settings.distill_steps} distillation steps)\n\n"
+                f"{table}\n\n![sweep](sweep.png)\n")
     report_lib.plot_sweep(os.path.join(root, "sweep.png"), rows)
     print(table, flush=True)
     print(f"[sweep] written to {os.path.abspath(root)}", flush=True)
     return rows
 
 
+def sweep_values(f, policy: str) -> list[float]:
+    """The --speedups (structured) or --budgets values, checked; app.UsageError otherwise."""
+    name, raw = ("speedups", f.speedups) if policy == "structured" else ("budgets", f.budgets)
+    try:
+        values = [float(v) for v in raw]
+    except ValueError:
+        raise app.UsageError(f"--{name} must be numbers, got {raw}.") from None
+    low, high = (1.0, 20.0) if name == "speedups" else (0.0, 1.0)
+    if not values or any(not low < v <= high for v in values):
+        raise app.UsageError(f"--{name} must be numbers in ({low:g}, {high:g}], got {raw}.")
+    return values
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}.")
-    try:
-        budgets = [float(b) for b in FLAGS.budgets]
-    except ValueError:
-        raise app.UsageError(f"--budgets must be numbers in (0, 1], got {FLAGS.budgets}.") from None
-    if not budgets or any(not 0 < b <= 1 for b in budgets):
-        raise app.UsageError(f"--budgets must be numbers in (0, 1], got {FLAGS.budgets}.")
     settings = compress.check_flags(FLAGS)
-    sweep(settings, budgets)
+    sweep(settings, sweep_values(FLAGS, "structured" if settings.task_model else settings.policy))
 
 
 if __name__ == "__main__":

@@ -14,6 +14,9 @@ A task-model directory holds:
     tm = task_model.load("runs/finetune")
     tm.predict(["a short haircut with hairs standing up like a brush"])   # -> ["noun.body"]
 
+`load` also reads a Hugging Face `BertForSequenceClassification` directory
+(labels from its config.json `id2label`, weights through
+`bert.load_hf(dir, head="classifier")`, vocab.txt for the preprocessor).
 `load` refuses, in one line, a directory that is not a classifier (a missing
 file, a plain BERT encoder, label names that do not match the logits).
 Inference pads each batch only to its longest example (`TaskModel.logits`),
@@ -154,8 +157,11 @@ def training_dataset(features: dict, labels, batch_size: int, seed: int = 0):
     return dataset.map(lambda x, y: (trim_batch(x), y)).prefetch(2)
 
 
-def predict_logits(model, features: dict, batch_size: int = 64) -> np.ndarray:
-    """`model`'s outputs over `features` in inference mode; batches group similar lengths and are trimmed."""
+def predict_logits(model, features: dict, batch_size: int = 64, progress=None) -> np.ndarray:
+    """`model`'s outputs over `features` in inference mode; batches group similar lengths and are trimmed.
+
+    `progress(examples done)` is called after each batch.
+    """
     import tensorflow as tf
 
     names = [name for name in INPUT_NAMES if name in features]
@@ -172,6 +178,8 @@ def predict_logits(model, features: dict, batch_size: int = 64) -> np.ndarray:
         rows = order[start:start + batch_size]
         width = max(1, int(lengths[rows].max()))
         outputs.append(forward({name: tf.constant(features[name][rows, :width], tf.int32) for name in names}).numpy())
+        if progress is not None:
+            progress(start + len(rows))
     result = np.empty((len(order),) + outputs[0].shape[1:], outputs[0].dtype)
     result[order] = np.concatenate(outputs)
     return result
@@ -204,7 +212,7 @@ def save(directory: str, model, label_names: Sequence[str], preprocessor, metric
 
 
 def load(directory: str) -> TaskModel:
-    """The task model in `directory`: a `recipes.finetune` output (or, once supported, a Hugging Face classifier).
+    """The task model in `directory`: a `recipes.finetune` output or a Hugging Face classifier directory.
 
     Raises ValueError with a one-line reason when `directory` is not a classifier.
     """
@@ -277,18 +285,19 @@ def _check_classifier(model, num_labels: int, directory: str) -> None:
 
 
 # -- Hugging Face classifiers ----------------------------------------------------------------
-# EXTENSION POINT (issue 15, phase B): a Hugging Face BertForSequenceClassification directory
-# (config.json with id2label, model.safetensors with classifier.weight / classifier.bias, vocab.txt).
-# The labels and the preprocessor are read here already; only `_hf_classifier_model` is missing:
-# it should return `bert.load_hf(directory, <classifier option>)`'s model, built by
-# `bert.build_classifier` with the checkpoint's classifier.* tensors, mapping the three BERT
-# token inputs to logits (batch, num_labels).
+# A Hugging Face BertForSequenceClassification directory (config.json with id2label, model.safetensors with
+# bert.* and classifier.weight / classifier.bias, vocab.txt) loads through bert.load_hf(head="classifier"):
+# the same flat classifier bert.build_classifier builds, with the checkpoint's pooler and classifier.
 
 
 def _hf_classifier_model(directory: str, num_labels: int):
-    raise ValueError(f"{directory!r} is a Hugging Face BertForSequenceClassification directory; loading those "
-                     "is not supported yet (bert.load_hf reads encoders only). Fine-tune with "
-                     "python -m recipes.finetune and pass its --output_dir instead.")
+    import bert
+
+    model = bert.load_hf(directory, head="classifier").model
+    if int(model.output.shape[-1]) != num_labels:  # load_hf counts id2label too; kept as a guard
+        raise ValueError(f"{directory!r}: id2label names {num_labels} classes but the classifier has "
+                         f"{int(model.output.shape[-1])} outputs.")
+    return model
 
 
 def _load_hf_classifier(directory: str) -> TaskModel:

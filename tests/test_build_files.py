@@ -4,9 +4,12 @@ Bazel cannot fetch its rules offline here, so this test plays Bazel's loading
 phase: it executes every BUILD file with stand-ins for `load`, `py_library`,
 `py_test`, ... and checks that every module and test file belongs to a target,
 every listed source exists, and every in-repo dependency names a real target.
+In-repo macro files (`load("//:defs.bzl", ...)`) are executed too, with the
+same stand-ins underneath, so the targets a macro defines are the ones checked.
 """
 
 import pathlib
+import types
 
 import pytest
 
@@ -46,15 +49,37 @@ def _evaluate(root, build_file):
         "filegroup": rules["filegroup"],
     }
 
-    def load(bzl, *symbols, **aliases):
-        for symbol in symbols:
-            namespace[symbol] = rules[symbol]
-        for alias, symbol in aliases.items():
-            namespace[alias] = rules[symbol]
+    def loader(into):
+        def load(bzl, *symbols, **aliases):
+            names = dict({symbol: symbol for symbol in symbols}, **aliases)
+            if bzl.startswith("@"):  # rules_python, pip: the stand-ins
+                source = rules
+            else:
+                source = _macros(root, bzl, package, loader, no_glob)
+            for alias, symbol in names.items():
+                if symbol not in source:
+                    raise AssertionError(f"{build_file}: {bzl} has no symbol {symbol!r}")
+                into[alias] = source[symbol]
 
-    namespace["load"] = load
+        return load
+
+    namespace["load"] = loader(namespace)
     exec(compile(build_file.read_text(), str(build_file), "exec"), namespace)
     return targets
+
+
+def _macros(root, bzl, package, loader, no_glob):
+    """Executes an in-repo .bzl file ("//pkg:file.bzl") for a BUILD file in `package`; returns its globals."""
+    if not bzl.startswith("//") or ":" not in bzl:
+        raise AssertionError(f"unexpected load label {bzl!r}")
+    bzl_package, name = bzl[2:].split(":", 1)
+    path = root / bzl_package / name
+    if not path.is_file():
+        raise AssertionError(f"load({bzl!r}): no file {path}")
+    namespace = {"native": types.SimpleNamespace(package_name=lambda: package, glob=no_glob), "glob": no_glob}
+    namespace["load"] = loader(namespace)
+    exec(compile(path.read_text(), str(path), "exec"), namespace)
+    return namespace
 
 
 def load_targets(root):
@@ -151,4 +176,39 @@ def test_checker_reports_each_kind_of_gap(tmp_path):
     assert dangling_deps(found) == ["//tfreparam:tfreparam -> //nowhere"]
     (tmp_path / "tests" / "BUILD").write_text('srcs = glob(["*.py"])\n')
     with pytest.raises(AssertionError, match="not with glob"):
+        load_targets(tmp_path)
+
+
+def test_checker_sees_the_targets_the_macros_define(tmp_path):
+    """The real //:defs.bzl, in a small tree: its targets are checked like hand-written ones."""
+    (tmp_path / "defs.bzl").write_text((ROOT / "defs.bzl").read_text())
+    (tmp_path / "tfreparam").mkdir()
+    (tmp_path / "tests" / "unit").mkdir(parents=True)
+    for path in ["tfreparam/__init__.py", "tfreparam/orphan.py", "tests/__init__.py", "tests/conftest.py",
+                 "tests/unit/__init__.py", "tests/unit/test_a.py", "tests/unit/test_b.py"]:
+        (tmp_path / path).write_text("")
+    (tmp_path / "BUILD").write_text("")
+    (tmp_path / "tfreparam" / "BUILD").write_text(
+        'load("//:defs.bzl", "tfreparam_py_library")\n'
+        'tfreparam_py_library(name = "tfreparam", srcs = ["__init__.py"])\n'
+    )
+    (tmp_path / "tests" / "BUILD").write_text(
+        'load("@rules_python//python:defs.bzl", "py_library")\n'
+        'py_library(name = "test_support", testonly = True, srcs = ["__init__.py", "conftest.py"])\n'
+    )
+    (tmp_path / "tests" / "unit" / "BUILD").write_text(
+        'load("//:defs.bzl", "tfreparam_py_test", lib = "tfreparam_test_library")\n'
+        'lib(name = "unit_tests")\n'
+        'tfreparam_py_test(name = "test_a", deps = [":unit_tests", "//tfreparam", "//missing"])\n'
+    )
+    found = load_targets(tmp_path)
+    test_a = found["//tests/unit:test_a"]
+    assert (test_a["kind"], test_a["srcs"], test_a["main"]) == ("py_test", ["test_a.py"], "test_a.py")
+    assert test_a["deps"] == [":unit_tests", "//tfreparam", "//missing", "//tests:test_support"]
+    assert found["//tests/unit:unit_tests"]["testonly"] and found["//tfreparam:tfreparam"]["kind"] == "py_library"
+    assert uncovered_modules(tmp_path, found) == ["tfreparam/orphan.py", "tests/unit/test_b.py"]
+    assert files_without_py_test(tmp_path, found) == ["tests/unit/test_b.py"]
+    assert dangling_deps(found) == ["//tests/unit:test_a -> //missing"]
+    (tmp_path / "tests" / "unit" / "BUILD").write_text('load("//:defs.bzl", "no_such_macro")\n')
+    with pytest.raises(AssertionError, match="has no symbol 'no_such_macro'"):
         load_targets(tmp_path)

@@ -86,3 +86,34 @@ def test_plain_tfmot_accepts_our_layers_without_importing_tfreparam_sparsity():
     result = subprocess.run([sys.executable, "-c", _TFMOT_PROBE], capture_output=True, text=True, timeout=300,
                             check=True)
     assert result.stdout.strip().splitlines()[-1] == "ClusterWeights PruneLowMagnitude"
+
+
+_LOAD_PROBE = r"""
+import sys
+IMPORTS
+import numpy as np
+import tf_keras as keras
+model = keras.models.load_model(sys.argv[1], compile=False)
+print(type(model.layers[1]).__name__, np.asarray(model(np.ones((1, 8), "float32"))).round(5).tolist())
+"""
+
+
+def test_saved_model_loads_after_a_bare_import_tfreparam(tmp_path):
+    # A .keras file with a LowRankDense failed to load after `import tfreparam` alone ('str' object is not callable):
+    # tf_keras only finds registered classes, and the lazy package had not imported its layers.
+    import numpy as np
+    import tf_keras as keras
+
+    import tfreparam as tr
+
+    inputs = keras.Input((8,))
+    model = keras.Model(inputs, tr.LowRankDense(6, rank=3, name="low_rank")(inputs))
+    path = str(tmp_path / "low_rank.keras")
+    model.save(path)
+    expected = np.asarray(model(np.ones((1, 8), "float32"))).round(5).tolist()
+    before = "import tfreparam\nassert 'tensorflow' not in sys.modules"  # registers once tf_keras is imported
+    for imports in (before, "import tf_keras\nimport tfreparam"):
+        probe = _LOAD_PROBE.replace("IMPORTS", imports)
+        result = subprocess.run([sys.executable, "-c", probe, path], capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-1500:]
+        assert result.stdout.strip().splitlines()[-1] == f"LowRankDense {expected}"

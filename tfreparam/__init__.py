@@ -14,6 +14,8 @@ Subpackages and modules: `layers`, `decompose` (pure numpy), `families`,
 
 import importlib
 
+from tfreparam import keras_registration
+
 __version__ = "0.1.0"
 
 # Public name -> the module that defines it.
@@ -75,6 +77,9 @@ _SUBMODULES = (
 )
 
 __all__ = sorted(set(_NAMES) | set(_SUBMODULES))
+
+# `keras.models.load_model` after `import tfreparam` must find our layers (without importing TensorFlow here).
+keras_registration.install()
 
 
 def __getattr__(name):

@@ -19,6 +19,10 @@ embeddings, as in TinyBERT). The teacher runs in inference mode and is never
 updated (`teacher.trainable = False`). Losses are computed in float32
 whatever the mixed-precision policy, and scaled for `tf.distribute`
 strategies the same way Keras scales compiled losses.
+
+`soft_and_hard_loss` is the logit part alone for training loops whose
+teacher ran once beforehand (cached logits: each step then runs only the
+student).
 """
 
 from __future__ import annotations
@@ -248,6 +252,29 @@ def soft_target_kl(teacher_logits, student_logits, temperature: float):
     s = tf.nn.log_softmax(student_logits / temperature, axis=-1)
     kl = tf.reduce_sum(tf.exp(t) * (t - s), axis=-1)
     return temperature**2 * tf.reduce_mean(kl)
+
+
+def soft_and_hard_loss(student_logits, teacher_logits, labels=None, temperature: float = 1.0,
+                       alpha: float = 0.5) -> dict:
+    """Hinton et al.'s mix for a student trained on stored (cached) teacher logits.
+
+    loss = (1 − alpha) · CE(labels, student) + alpha · T² · KL(softmax(teacher / T) ‖ softmax(student / T)),
+    CE being sparse categorical cross-entropy from logits, averaged over the
+    batch (without labels the CE term is dropped). Returns float32 scalars
+    {"loss", "task_loss", "kd_loss"}: the same terms `Distiller` computes with
+    a live teacher, for training loops where the teacher ran once beforehand.
+    """
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature!r}.")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1] (the weight of the soft-target KL), got {alpha!r}.")
+    student_logits = tf.cast(student_logits, tf.float32)
+    kd = soft_target_kl(tf.cast(teacher_logits, tf.float32), student_logits, temperature)
+    task = tf.constant(0.0)
+    if labels is not None:
+        task = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(labels, student_logits, from_logits=True))
+    loss = alpha * kd + ((1.0 - alpha) * task if labels is not None else 0.0)
+    return {"loss": loss, "task_loss": task, "kd_loss": kd}
 
 
 def masked_mse(student, teacher, mask=None):

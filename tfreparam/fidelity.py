@@ -1,8 +1,13 @@
 """How faithful a compressed encoder is to its original, on held-out inputs.
 
 * `embedding_fidelity`: mean (and min) cosine between the two models'
-  sentence embeddings, and top-1 nearest-neighbour agreement (does each
-  sentence's most similar other sentence stay the same?).
+  sentence embeddings, top-1 nearest-neighbour agreement (does each
+  sentence's most similar other sentence stay the same?) and top-10
+  overlap (`neighbour_overlap`: the share of each sentence's 10 nearest
+  neighbours that stay among its 10 nearest).
+* `linear_probe`: k-fold accuracy of a multinomial logistic regression (L2)
+  trained on sentence embeddings: how much of a labelled task the embedding
+  space still carries (`logistic_regression` fits one).
 * `mean_pooled`: sentence embeddings as sentence-transformers pools them
   (mean of `sequence_output` over real tokens).
 * `mlm_accuracy`: masked-token accuracy of a network with an MLM head, on
@@ -30,8 +35,28 @@ def nearest_neighbours(embeddings: np.ndarray) -> np.ndarray:
     return similarity.argmax(axis=1)
 
 
+def neighbour_overlap(reference, compressed, k: int = 10) -> float:
+    """Mean over rows of |k nearest of the row in `reference` ∩ k nearest in `compressed`| / k (self excluded).
+
+    With fewer than k + 1 rows, k becomes rows - 1.
+    """
+    reference = _normalise(np.asarray(reference, np.float64))
+    compressed = _normalise(np.asarray(compressed, np.float64))
+    n = reference.shape[0]
+    k = min(int(k), n - 1)
+    if k < 1:
+        raise ValueError(f"Neighbour overlap needs at least 2 rows; got {n}.")
+    sets = []
+    for unit in (reference, compressed):
+        similarity = unit @ unit.T
+        np.fill_diagonal(similarity, -np.inf)
+        sets.append(np.argpartition(-similarity, k - 1, axis=1)[:, :k])
+    shared = [len(np.intersect1d(a, b, assume_unique=True)) for a, b in zip(*sets)]
+    return float(np.mean(shared) / k)
+
+
 def embedding_fidelity(reference, compressed) -> dict:
-    """{"cosine", "cosine_min", "nn_agreement"} of two (sentences, features) embedding sets."""
+    """{"cosine", "cosine_min", "nn_agreement", "nn_agreement_top10"} of two (sentences, features) embedding sets."""
     reference = np.asarray(reference, np.float64)
     compressed = np.asarray(compressed, np.float64)
     if reference.ndim != 2 or reference.shape != compressed.shape:
@@ -43,7 +68,8 @@ def embedding_fidelity(reference, compressed) -> dict:
         raise ValueError(f"Nearest-neighbour agreement needs at least 2 sentences; got {reference.shape[0]}.")
     cosine = np.sum(_normalise(reference) * _normalise(compressed), axis=1)
     agreement = np.mean(nearest_neighbours(reference) == nearest_neighbours(compressed))
-    return {"cosine": float(cosine.mean()), "cosine_min": float(cosine.min()), "nn_agreement": float(agreement)}
+    return {"cosine": float(cosine.mean()), "cosine_min": float(cosine.min()), "nn_agreement": float(agreement),
+            "nn_agreement_top10": neighbour_overlap(reference, compressed, 10)}
 
 
 def mean_pooled(encoder, batches, output: str = "sequence_output", mask_key: str = "input_mask") -> np.ndarray:
@@ -90,3 +116,121 @@ def mlm_accuracy(network, batches) -> float:
 def _has_mlm(network) -> bool:
     outputs = getattr(network, "output", None)
     return isinstance(outputs, dict) and "mlm_logits" in outputs
+
+
+# -- linear probe ------------------------------------------------------------------------
+
+
+def _softmax_loss(weights, x, onehot, l2):
+    """Mean cross-entropy of softmax(x @ W) + l2/2 · ||W without its last (bias) row||²; and its gradient."""
+    logits = x @ weights
+    logits -= logits.max(axis=1, keepdims=True)
+    exp = np.exp(logits)
+    total = exp.sum(axis=1, keepdims=True)
+    n = x.shape[0]
+    loss = -np.sum(onehot * (logits - np.log(total))) / n + 0.5 * l2 * np.sum(weights[:-1] ** 2)
+    grad = x.T @ (exp / total - onehot) / n
+    grad[:-1] += l2 * weights[:-1]
+    return float(loss), grad
+
+
+def _lbfgs(fn, x0, max_iter: int, tolerance: float, memory: int = 10):
+    """Minimises fn(x) -> (value, gradient) from x0: L-BFGS with a backtracking (Armijo) line search."""
+    x = x0
+    value, grad = fn(x)
+    steps, changes = [], []
+    for _ in range(max_iter):
+        if np.max(np.abs(grad)) <= tolerance:
+            break
+        direction = -grad
+        alphas = []
+        for s, y in reversed(list(zip(steps, changes))):
+            alpha = np.sum(s * direction) / np.sum(y * s)
+            alphas.append(alpha)
+            direction = direction - alpha * y
+        if steps:
+            direction *= np.sum(steps[-1] * changes[-1]) / np.sum(changes[-1] ** 2)
+        for (s, y), alpha in zip(zip(steps, changes), reversed(alphas)):
+            beta = np.sum(y * direction) / np.sum(y * s)
+            direction = direction + (alpha - beta) * s
+        slope = np.sum(grad * direction)
+        if slope >= 0:  # not a descent direction: restart from the gradient
+            steps, changes, direction, slope = [], [], -grad, -np.sum(grad * grad)
+        step = 1.0
+        while True:
+            candidate = x + step * direction
+            new_value, new_grad = fn(candidate)
+            if new_value <= value + 1e-4 * step * slope or step < 1e-10:
+                break
+            step *= 0.5
+        s, y = candidate - x, new_grad - grad
+        if np.sum(s * y) > 1e-12:
+            steps.append(s)
+            changes.append(y)
+            if len(steps) > memory:
+                steps.pop(0)
+                changes.pop(0)
+        if value - new_value <= 1e-12 * max(1.0, abs(value)):
+            x, value, grad = candidate, new_value, new_grad
+            break
+        x, value, grad = candidate, new_value, new_grad
+    return x, value, grad
+
+
+def logistic_regression(features, labels, l2: float = 1e-2, max_iter: int = 300, tolerance: float = 1e-6):
+    """A multinomial logistic regression (softmax, L2 on the weights, bias unpenalised), fitted by L-BFGS.
+
+    Minimises mean cross-entropy + l2/2 · ||W||². `labels` are ints 0..C-1.
+    Returns (W (features, C), b (C,)): class scores are features @ W + b.
+    """
+    x = np.asarray(features, np.float64)
+    y = np.asarray(labels)
+    if x.ndim != 2 or y.shape != (x.shape[0],):
+        raise ValueError(f"logistic_regression needs (n, features) features and (n,) labels; got {x.shape} "
+                         f"and {y.shape}.")
+    classes = int(y.max()) + 1
+    onehot = np.eye(classes)[y]
+    x1 = np.concatenate([x, np.ones((x.shape[0], 1))], axis=1)
+    start = np.zeros((x1.shape[1], classes))
+    weights, _, _ = _lbfgs(lambda w: (lambda v, g: (v, g.ravel()))(
+        *_softmax_loss(w.reshape(start.shape), x1, onehot, l2)), start.ravel(), max_iter, tolerance)
+    weights = weights.reshape(start.shape)
+    return weights[:-1], weights[-1]
+
+
+def fold_indices(n: int, folds: int, seed: int = 0) -> np.ndarray:
+    """The fold (0..folds-1) of each of n examples: a seeded permutation dealt round-robin."""
+    order = np.random.default_rng(seed).permutation(n)
+    fold = np.empty(n, int)
+    fold[order] = np.arange(n) % folds
+    return fold
+
+
+def linear_probe(embeddings, labels, folds: int = 5, l2: float = 1e-2, max_iter: int = 300, seed: int = 0) -> float:
+    """k-fold cross-validated accuracy of `logistic_regression` on `embeddings` (standardised per fold).
+
+    Labels may be any hashable values; the folds depend only on `seed` and
+    the number of examples, so two embedding sets of the same sentences are
+    probed on the same folds.
+    """
+    x = np.asarray(embeddings, np.float64)
+    names = sorted(set(labels))
+    if x.ndim != 2 or len(labels) != x.shape[0]:
+        raise ValueError(f"linear_probe needs one label per embedding row; got {x.shape} and {len(labels)} labels.")
+    if len(names) < 2 or folds < 2 or x.shape[0] < folds:
+        raise ValueError(f"linear_probe needs 2+ classes and at least `folds` ({folds} >= 2) examples; got "
+                         f"{len(names)} classes, {x.shape[0]} examples.")
+    index = {name: i for i, name in enumerate(names)}
+    y = np.array([index[label] for label in labels])
+    fold = fold_indices(len(y), folds, seed)
+    correct = 0
+    for f in range(folds):
+        train, test = fold != f, fold == f
+        mean, std = x[train].mean(0), x[train].std(0) + 1e-8
+        weights, bias = logistic_regression((x[train] - mean) / std, y[train], l2=l2, max_iter=max_iter)
+        # Classes absent from the training folds get the zero scores they were initialised with.
+        scores = ((x[test] - mean) / std) @ weights + bias
+        if weights.shape[1] < len(names):
+            scores = np.concatenate([scores, np.full((scores.shape[0], len(names) - weights.shape[1]), -np.inf)], 1)
+        correct += int(np.sum(scores.argmax(1) == y[test]))
+    return correct / len(y)

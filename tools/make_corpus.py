@@ -17,6 +17,7 @@ Labelled sets (labels the sources assigned):
 
   wordnet_lexname  a synset's definition -> its lexicographer file (noun.animal, verb.motion, ...)
   debian_section   a package's synopsis + first description sentence -> its archive Section
+  manual_chapter   a sentence of the Debian Reference -> its chapter (ch01 ... ch12)
 
 Every step is deterministic: sentences are chosen and split by SHA-256 of their
 text, rows are written in a fixed order and the gzip headers carry no time, so
@@ -40,14 +41,20 @@ import tempfile
 
 from absl import app, flags
 
-FLAGS = flags.FLAGS
-flags.DEFINE_string("out_dir", None, "Where the snapshot goes (default: recipes/data), or the CSVs with --export_task.")
-flags.DEFINE_integer("per_domain", 15000, "Most sentences kept per domain (chosen by a hash of the text).")
-flags.DEFINE_integer("per_class", 400, "Most examples kept per label in each labelled set (chosen by hash).")
-flags.DEFINE_integer("min_class", 150, "Labels with fewer examples than this are dropped from a labelled set.")
+# Its own flag set, like the recipes: importing this module beside a benchmark (tests) defines no global flags.
+FLAGS = flags.FlagValues()
+flags.DEFINE_string("out_dir", None, "Where the snapshot goes (default: recipes/data), or the CSVs with "
+                    "--export_task.", flag_values=FLAGS)
+flags.DEFINE_integer("per_domain", 15000, "Most sentences kept per domain (chosen by a hash of the text).",
+                     flag_values=FLAGS)
+flags.DEFINE_integer("per_class", 400, "Most examples kept per label in each labelled set (chosen by hash).",
+                     flag_values=FLAGS)
+flags.DEFINE_integer("min_class", 150, "Labels with fewer examples than this are dropped from a labelled set.",
+                     flag_values=FLAGS)
 flags.DEFINE_string("export_task", None, "Write train.csv / eval.csv of this labelled set (from the committed "
-                    "snapshot) to --out_dir instead of rebuilding.")
-flags.DEFINE_string("workdir", None, "Keep downloads here (default: a temporary directory, removed afterwards).")
+                    "snapshot) to --out_dir instead of rebuilding.", flag_values=FLAGS)
+flags.DEFINE_string("workdir", None, "Keep downloads here (default: a temporary directory, removed afterwards).",
+                    flag_values=FLAGS)
 
 PACKAGES = ("wordnet-base", "debian-reference-en", "bible-kjv-text", "bible-kjv")
 EVAL_FRACTION = 0.15
@@ -157,13 +164,32 @@ def section_label(section: str) -> str:
     return section.rsplit("/", 1)[-1]
 
 
-def manual_paragraphs(text: str):
-    """Prose paragraphs of the Debian Reference's text rendering (4-space indented; code, tables, lists skipped)."""
-    text = text.replace("\xa0", " ")  # the rendering indents some lines with no-break spaces
+_CHAPTER = re.compile(r"Chapter (\d+)\. \S.*")
+_APPENDIX = re.compile(r"Appendix [A-Z]\. \S.*")
+
+
+def manual_chapter_paragraphs(text: str):
+    """(chapter, paragraph) of each prose paragraph of the Debian Reference's text rendering.
+
+    Prose paragraphs are the 4-space indented blocks (code, tables, lists skipped). The chapter is
+    "chNN" from the last heading line `Chapter N. Title` above the paragraph; None in the preface
+    (before chapter 1) and the appendix (after `Appendix A. ...`).
+    """
+    text = text.replace("\xa0", " ")  # the rendering indents some lines and spaces headings with no-break spaces
+    chapter = None
     for block in re.split(r"\n\s*\n", text):
+        heading = _CHAPTER.fullmatch(block.strip())
+        if heading or _APPENDIX.fullmatch(block.strip()):
+            chapter = f"ch{int(heading.group(1)):02d}" if heading else None
+            continue
         lines = block.split("\n")
         if all(re.match(r"^ {4}[A-Za-z0-9\"'(]", line) for line in lines):
-            yield " ".join(line.strip() for line in lines)
+            yield chapter, " ".join(line.strip() for line in lines)
+
+
+def manual_paragraphs(text: str):
+    """Prose paragraphs of the Debian Reference's text rendering, chapters or not."""
+    return (paragraph for _, paragraph in manual_chapter_paragraphs(text))
 
 
 # -- building -------------------------------------------------------------------
@@ -255,9 +281,20 @@ def build_debian(lists: str):
     return sentences, [(text, section) for (_, section), text in sorted(labelled.items())]
 
 
+def manual_sentences(text: str):
+    """(sentences, labelled): every prose sentence of the manual, and (sentence, chapter) of those in a chapter."""
+    sentences, labelled = [], []
+    for chapter, paragraph in manual_chapter_paragraphs(text):
+        for sentence in sentences_of(paragraph):
+            sentences.append(sentence)
+            if chapter:
+                labelled.append((sentence, chapter))
+    return sentences, labelled
+
+
 def build_manual(root: str):
     with gzip.open(os.path.join(root, "usr/share/debian-reference/debian-reference.en.txt.gz"), "rt") as f:
-        return [s for p in manual_paragraphs(f.read()) for s in sentences_of(p)]
+        return manual_sentences(f.read())
 
 
 def build_bible(root: str):
@@ -348,6 +385,7 @@ def write_snapshot(out_dir: str, corpus_rows: dict[str, list[str]], tasks: dict,
             _write_gzip(os.path.join(out_dir, f"{name}.{split}.csv.gz"), csv_text(rows))
         manifest["tasks"][name] = {
             "domain": TASK_DOMAINS[name],
+            **task_limits(name),
             **{split: len(rows) for split, rows in parts.items()},
             "classes": dict(sorted(collections.Counter(label for _, label in parts["train"] + parts["eval"]).items())),
         }
@@ -357,7 +395,16 @@ def write_snapshot(out_dir: str, corpus_rows: dict[str, list[str]], tasks: dict,
     return manifest
 
 
-TASK_DOMAINS = {"wordnet_lexname": "wordnet", "debian_section": "debian"}
+TASK_DOMAINS = {"wordnet_lexname": "wordnet", "debian_section": "debian", "manual_chapter": "manual"}
+# The Debian Reference has ~1,900 sentences in its 12 chapters (58 to 389 each): --min_class=150 would keep
+# 3 chapters and --per_class=400 would leave 6.5x more of chapter 1 than of chapter 5. Its own limits keep the
+# 10 chapters with >= 60 sentences, at most 200 each (max/min ~3 like the other sets), about 1,300 rows.
+OWN_LIMITS = {"manual_chapter": {"per_class": 200, "min_class": 60}}
+
+
+def task_limits(name: str) -> dict:
+    """{"per_class", "min_class"} of a labelled set: its own, or the flags'."""
+    return OWN_LIMITS.get(name, {"per_class": FLAGS.per_class, "min_class": FLAGS.min_class})
 
 
 def build(out_dir: str, workdir: str) -> dict:
@@ -365,14 +412,13 @@ def build(out_dir: str, workdir: str) -> dict:
     root = provenance["root"]
     wordnet, wordnet_labels = build_wordnet(root)
     debian, debian_labels = build_debian(provenance["lists"])
-    raw = {"wordnet": wordnet, "debian": debian, "stdlib": build_stdlib(), "manual": build_manual(root),
+    manual, manual_labels = build_manual(root)
+    raw = {"wordnet": wordnet, "debian": debian, "stdlib": build_stdlib(), "manual": manual,
            "bible": build_bible(root)}
     unique = deduplicated(raw)
     corpus_rows = {d: choose(texts, FLAGS.per_domain, "corpus:") for d, texts in unique.items()}
-    tasks = {
-        "wordnet_lexname": labelled_set(wordnet_labels, FLAGS.per_class, FLAGS.min_class, "task:"),
-        "debian_section": labelled_set(debian_labels, FLAGS.per_class, FLAGS.min_class, "task:"),
-    }
+    pairs = {"wordnet_lexname": wordnet_labels, "debian_section": debian_labels, "manual_chapter": manual_labels}
+    tasks = {name: labelled_set(pairs[name], **task_limits(name), salt="task:") for name in TASK_DOMAINS}
     manifest = write_snapshot(out_dir, corpus_rows, tasks, provenance)
     write_licenses(out_dir, root)
     write_readme(out_dir, manifest)
@@ -420,20 +466,25 @@ assigns parts by SHA-256 of the text alone, so a sentence's part never depends o
 
 ## Labelled sets (`<name>.train.csv.gz`, `<name>.eval.csv.gz`: CSV with columns text,label)
 
-| name | text | label | domain of its text | classes | train | eval |
-|---|---|---|---|---:|---:|---:|
+| name | text | label | domain of its text | classes | train | eval | min per label | max per label |
+|---|---|---|---|---:|---:|---:|---:|---:|
 {task_rows}
 
 Labels are the source's own: WordNet's lexicographer file of the synset (lexnames(5WN)); the Debian
-archive's Section of the package (`contrib/x`, `non-free/x` -> `x`). A text filed under two labels is
-dropped; labels with fewer than {min_class} examples are dropped; at most {per_class} examples per label
-(chosen by SHA-256("task:" + text)). Eval = the examples whose SHA-256(text) falls in the first
-{eval_percent} % of the hash range.
+archive's Section of the package (`contrib/x`, `non-free/x` -> `x`); the Debian Reference's chapter
+(`chNN` from the heading `Chapter N. Title` above the paragraph; the preface and the appendix have none).
+A text filed under two labels is dropped; labels with fewer than "min per label" examples are dropped; at
+most "max per label" examples per label (chosen by SHA-256("task:" + text)). The manual has ~1,900
+sentences in 12 chapters, so `manual_chapter` has its own limits (the others use `--min_class`,
+`--per_class`). Eval = the examples whose SHA-256(text) falls in the first {eval_percent} % of the hash
+range.
 
 **The labelled texts are text of their domain**: a `wordnet_lexname` text is a WordNet definition (the
 same text may also be a `wordnet` corpus sentence), a `debian_section` text is a package synopsis plus
-the first sentence of its description (that sentence may be a `debian` corpus sentence). An evaluation
-that holds a domain out of compression must use that domain's labelled set only for probing.
+the first sentence of its description (that sentence may be a `debian` corpus sentence), a
+`manual_chapter` text is a sentence of the Debian Reference (a `manual` corpus sentence unless another
+domain has it too). An evaluation that holds a domain out of compression must use that domain's labelled
+set only for probing.
 
 Plain CSV files for the recipes' `--train_files=train.csv --label_field=label --text_fields=text`:
 
@@ -465,6 +516,7 @@ _SOURCES = {
 _TASKS = {
     "wordnet_lexname": ("synset definition", "lexicographer file"),
     "debian_section": ("package synopsis. first description sentence", "archive Section"),
+    "manual_chapter": ("Debian Reference sentence", "chapter (`chNN`)"),
 }
 
 
@@ -472,11 +524,10 @@ def write_readme(out_dir: str, manifest: dict) -> None:
     domain_rows = "\n".join(f"| {d} | {_SOURCES[d][0]} | {_SOURCES[d][1]} | {n} |"
                              for d, n in manifest["domains"].items())
     task_rows = "\n".join(f"| {name} | {_TASKS[name][0]} | {_TASKS[name][1]} | {t['domain']} | "
-                           f"{len(t['classes'])} | {t['train']} | {t['eval']} |"
+                           f"{len(t['classes'])} | {t['train']} | {t['eval']} | {t['min_class']} | {t['per_class']} |"
                            for name, t in manifest["tasks"].items())
     text = _README.format(
         domain_rows=domain_rows, task_rows=task_rows, per_domain=manifest["per_domain"],
-        min_class=manifest["min_class"], per_class=manifest["per_class"],
         eval_percent=round(manifest["eval_fraction"] * 100),
         packages=", ".join(f"`{p}` {v}" for p, v in sorted(manifest["packages"].items())),
         indexes=", ".join(f"{suite} ({date})" for suite, date in manifest["debian_indexes"].items()),
@@ -517,4 +568,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    from recipes import cli
+
+    app.run(main, flags_parser=cli.flags_parser(FLAGS, __doc__))

@@ -20,8 +20,8 @@ def _inputs():
 
 
 @pytest.fixture(scope="module")
-def minilm():
-    return bert.load_hf("minilm")
+def minilm(minilm_checkpoint):
+    return minilm_checkpoint  # `bert.load_hf("minilm")`, loaded once per worker (tests/conftest.py)
 
 
 def _google_names(hf_name):
@@ -121,8 +121,8 @@ def test_a_config_that_disagrees_with_the_weights_gets_a_short_diagnosis(tmp_pat
     assert "strict=False" not in message and "\n" not in message and len(message) < 600, message
 
 
-def test_wrong_config_field_is_named(google_prefix):
-    config = bert.load_hf("minilm").config
+def test_wrong_config_field_is_named(google_prefix, minilm):
+    config = minilm.config
     with pytest.raises(ValueError, match=r"\(18 in all\)\. Likely cause: the BertConfig says intermediate_size=1024 "
                                          r"but the checkpoint's tensors are 1536 wide"):
         bert.load_google_checkpoint(google_prefix, config.replace(intermediate_size=1024))
@@ -180,3 +180,90 @@ def test_config_mismatch_in_hf_directory(tmp_path):
     (tmp_path / "ckpt" / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="mis-shaped tensors"):
         bert.load_hf(path)
+
+
+# -- Hugging Face BertForSequenceClassification directories (issue 15) --------------------------
+
+
+def _two_block_tensors():
+    tensors = load_file(f"{bert.minilm_path()}/model.safetensors")
+    return {k: v for k, v in tensors.items() if not any(f"layer.{i}." in k for i in range(2, 12))}
+
+
+def _write_hf(directory, tensors, **config_changes):
+    directory.mkdir()
+    with open(f"{bert.minilm_path()}/config.json") as f:
+        config = json.load(f)
+    config.update(num_hidden_layers=2, **config_changes)
+    (directory / "config.json").write_text(json.dumps(config))
+    shutil.copy(f"{bert.minilm_path()}/vocab.txt", directory / "vocab.txt")
+    save_file(tensors, str(directory / "model.safetensors"))
+    return str(directory)
+
+
+@pytest.fixture(scope="module")
+def hf_classifier(tmp_path_factory):
+    """A two-block MiniLM as BertForSequenceClassification (HF names), random pooler and 3-way classifier."""
+    rng = np.random.default_rng(1)
+    encoder = _two_block_tensors()
+    head = {"pooler.dense.weight": (0.05 * rng.standard_normal((384, 384))).astype(np.float32),
+            "pooler.dense.bias": (0.1 * rng.standard_normal(384)).astype(np.float32),
+            "classifier.weight": rng.standard_normal((3, 384)).astype(np.float32),
+            "classifier.bias": rng.standard_normal(3).astype(np.float32)}
+    tensors = {f"bert.{k}": v for k, v in encoder.items() if not k.startswith("pooler.")}
+    tensors.update({f"bert.{k}": v for k, v in head.items() if k.startswith("pooler.")})
+    tensors.update({k: v for k, v in head.items() if k.startswith("classifier.")})
+    root = tmp_path_factory.mktemp("hf_classifier")
+    path = _write_hf(root / "classifier", tensors, architectures=["BertForSequenceClassification"],
+                     id2label={"0": "neg", "1": "neutral", "2": "pos"}, label2id={"neg": 0, "neutral": 1, "pos": 2})
+    encoder_path = _write_hf(root / "encoder", encoder)
+    return path, encoder_path, head
+
+
+def test_hf_classifier_logits_equal_a_numpy_pooler_and_classifier(hf_classifier):
+    path, encoder_path, head = hf_classifier
+    model = bert.load_hf(path, head="classifier").model
+    assert model.name == "bert_classifier" and model.output.shape[-1] == 3
+    assert model.get_layer("classifier/dropout").rate == pytest.approx(0.1)  # hidden_dropout_prob
+    ids = np.array([[101, 7592, 2088, 1010, 2023, 2003, 102, 0, 0], [101, 2023, 102, 0, 0, 0, 0, 0, 0]], "int32")
+    inputs = [ids, (ids > 0).astype("int32"), np.zeros_like(ids)]
+    # Our encoder alone (plain HF names, no classifier) gives the [CLS] state; the head is numpy, HF's formula:
+    # logits = classifier(dropout(tanh(pooler(h[CLS])))) with dropout off at inference.
+    cls = bert.load_hf(encoder_path).model(inputs)["sequence_output"].numpy()[:, 0].astype(np.float64)
+    pooled = np.tanh(cls @ head["pooler.dense.weight"].T.astype(np.float64) + head["pooler.dense.bias"])
+    expected = pooled @ head["classifier.weight"].T.astype(np.float64) + head["classifier.bias"]
+    np.testing.assert_allclose(model(inputs, training=False).numpy(), expected, atol=2e-4, rtol=1e-4)
+
+
+def test_hf_classifier_mismatches_are_reported_in_one_line(hf_classifier, tmp_path):
+    path, encoder_path, _ = hf_classifier
+    # id2label names 2 classes, classifier.weight has 3 rows.
+    wrong = tmp_path / "wrong"
+    shutil.copytree(path, wrong)
+    config = json.loads((wrong / "config.json").read_text())
+    config.update(id2label={"0": "neg", "1": "pos"}, label2id={"neg": 0, "pos": 1})
+    (wrong / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError) as error:
+        bert.load_hf(str(wrong), head="classifier")
+    message = str(error.value)
+    assert "mis-shaped tensors: ['classifier.weight': checkpoint (3, 384), model (2, 384)" in message
+    assert "Likely cause: its config.json says num_labels=2 (its id2label) but the checkpoint's classifier has 3 " \
+           "outputs" in message
+    assert "\n" not in message and len(message) < 600, message
+    # num_labels and id2label that disagree.
+    config.update(num_labels=5)
+    (wrong / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"num_labels=5 but id2label names 2 classes"):
+        bert.load_hf(str(wrong), head="classifier")
+    # A classifier checkpoint read as an encoder names the option to use.
+    with pytest.raises(ValueError, match=r"unexpected tensors: \['classifier.bias', 'classifier.weight'\]\. It is a "
+                                         r"BertForSequenceClassification checkpoint: load it with head='classifier'"):
+        bert.load_hf(path)
+    assert bert.load_hf(path, strict=False).model.name == "bert_encoder"
+    # An encoder read as a classifier: no classifier tensors.
+    with pytest.raises(ValueError, match=r"missing tensors: \['classifier.weight', 'classifier.bias'\]\. It has no "
+                                         r"classifier\.\* tensors"):
+        bert.load_hf(encoder_path, head="classifier")
+    assert bert.load_hf(encoder_path, head="classifier", strict=False).fresh_heads == ["classifier"]
+    with pytest.raises(ValueError, match=r"head must be None \(the encoder\) or one of \['classifier'\]"):
+        bert.load_hf(path, head="regression")

@@ -9,7 +9,6 @@ import pathlib
 import numpy as np
 import pytest
 
-from bert.checkpoints import load_hf
 
 FIXTURE = pathlib.Path(__file__).resolve().parents[1] / "fixtures" / "minilm_reference.npz"
 
@@ -20,8 +19,8 @@ def reference():
 
 
 @pytest.fixture(scope="module")
-def encoder():
-    return load_hf("minilm").model
+def encoder(minilm_encoder):
+    return minilm_encoder  # `load_hf("minilm").model`, loaded once per worker (tests/conftest.py)
 
 
 def _real_rows(sequence, mask):

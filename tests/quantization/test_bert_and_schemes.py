@@ -1,5 +1,7 @@
 """The whole tiny BERT under QAT, PQAT / CQAT preservation, and the clear refusals."""
 
+import pathlib
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -46,6 +48,19 @@ def test_every_bert_layer_is_quantized(tiny):
     assert isinstance(wrapped["layer_0/attention/math"], AttentionMathQuantizeConfig)
     assert isinstance(wrapped["layer_0/ffn/intermediate"], tq.ReparameterizedDenseQuantizeConfig)
     assert isinstance(wrapped["embeddings/layer_norm"], tq.LayerNormQuantizeConfig)
+
+
+def test_qat_replaces_no_method_of_a_layer_instance(tiny):
+    """The configs hand quantizers to documented hooks (TFMOT's QuantizeConfig pattern): no instance patching."""
+    _, qat, _ = tiny
+    for wrapper in qat.layers:
+        if isinstance(wrapper, quantize_wrapper.QuantizeWrapper):
+            patched = {name for name, value in vars(wrapper.layer).items() if callable(value) and hasattr(value, "__self__")
+                       and value.__self__ is wrapper.layer}
+            assert not patched, (wrapper.name, patched)
+    root = pathlib.Path(__file__).resolve().parents[2]
+    sources = [path for package in ("tfreparam", "bert") for path in sorted((root / package).rglob("*.py"))]
+    assert sources and not [str(path) for path in sources if "MethodType" in path.read_text()]
 
 
 def test_bert_qat_is_close_to_float_and_trains(tiny):
@@ -168,8 +183,15 @@ def test_layer_norm_qat_matches_numpy_layer_norm():
     gamma, beta = rng.normal(1.0, 0.3, 64).astype("float32"), rng.normal(0.0, 0.3, 64).astype("float32")
     layer.set_weights([gamma, beta])
     x = (rng.normal(size=(8, 5, 64)) * rng.uniform(0.5, 3.0, (8, 5, 1))).astype("float32")
+    # QAT wraps the same LayerNorm with a hook (a subclass: Keras' own has no place for fake-quants).
+    same = tq.QuantizableLayerNormalization.from_config(layer.get_config())
+    same.build(x.shape)
+    same.set_weights(layer.get_weights())
+    np.testing.assert_array_equal(same(x).numpy(), layer(x).numpy())  # bit for bit, hooks unset
     qat = tq.quantize_model(model, calibration_data=x)
     assert isinstance(qat.layers[-1].quantize_config, tq.LayerNormQuantizeConfig)
+    assert isinstance(qat.layers[-1].layer, tq.QuantizableLayerNormalization)
+    assert type(layer) is keras.layers.LayerNormalization  # the float model is not touched
     centered = x - x.mean(-1, keepdims=True)
     expected = centered / np.sqrt((centered ** 2).mean(-1, keepdims=True) + 1e-6) * gamma + beta
     got = qat(x, training=False).numpy()
@@ -219,11 +241,56 @@ def test_calibrated_low_rank_bert_int8_matches_its_qat_model(low_rank_int8):
     assert set(convert.float_ops(open(path, "rb").read())) <= {"CAST"}
 
 
-def test_qat_bert_without_representative_data_is_not_passed_off_as_integer(low_rank_int8, tmp_path):
-    """QAT gives the running sum of the 3-input embedding Add no range: without data it stays float."""
-    qat, _, _ = low_rank_int8
-    with pytest.raises(tr.export.NotFullyIntegerError, match=r"float ops: ADD x2\. .*pass representative_data="):
-        tr.export.tflite(qat, str(tmp_path / "m.tflite"), mode="int8", seq_length=_SEQ)
+def test_qat_bert_converts_fully_integer_without_representative_data(low_rank_int8, tmp_path):
+    """Every tensor of the QAT BERT has a trained range, the 3-input embedding sum's running sum included.
+
+    That sum used to have none and stayed two float ADDs without representative data.
+    """
+    qat, _, inputs = low_rank_int8
+    embedding_sum = qat.get_layer("quant_embeddings/add")
+    assert isinstance(embedding_sum.layer, tq.PartialSumAdd) and embedding_sum.layer.num_inputs == 3
+    path = tmp_path / "m.tflite"
+    report = tr.export.tflite(qat, str(path), mode="int8", seq_length=_SEQ, sample_inputs=inputs)
+    assert set(convert.float_ops(path.read_bytes())) <= {"CAST"}
+    assert report.outputs["sentence_embedding"].cosine_min >= 0.99, report
+
+
+def _three_way_sum():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8,), name="x")
+    branches = [keras.layers.Dense(8, name=f"branch_{i}")(inputs) for i in range(3)]
+    return keras.Model(inputs, keras.layers.Add(name="sum")(branches))
+
+
+def test_partial_sums_of_a_multi_input_add_get_ranges(tmp_path):
+    """A PartialSumAdd is the Add (same sum, same order) plus one fake-quant per running sum."""
+    model = _three_way_sum()
+    x = np.random.default_rng(0).normal(size=(16, 8)).astype("float32")
+    same = tq.PartialSumAdd(num_inputs=3)
+    parts = [model.get_layer(f"branch_{i}")(x) for i in range(3)]
+    np.testing.assert_array_equal(same(parts).numpy(), model(x).numpy())  # bit for bit, hooks unset
+    with pytest.raises(ValueError, match=r"sums 3 inputs, so it takes 1 partial-sum hooks; got 2"):
+        same.set_quantize_hooks([tf.identity, tf.identity])
+
+    qat = tq.quantize_model(model, calibration_data=x)
+    wrapper = qat.get_layer("quant_sum")
+    assert isinstance(wrapper.quantize_config, tq.AddQuantizeConfig)
+    partial = wrapper._quantize_activations[0]._post_activation_vars
+    # Calibration set the running sum's range to what it observed: branch_0 + branch_1 (int8 branches,
+    # so within a few percent of the float sum's range).
+    first_two = (parts[0] + parts[1]).numpy()
+    np.testing.assert_allclose([partial["min_var"].numpy(), partial["max_var"].numpy()],
+                               [min(first_two.min(), 0.0), max(first_two.max(), 0.0)], rtol=0.05)
+    report = tr.export.tflite(qat, str(tmp_path / "ours.tflite"), mode="int8", seq_length=None,
+                              sample_inputs={"x": x})
+    assert convert.float_ops((tmp_path / "ours.tflite").read_bytes()) == {}
+    assert report.outputs["output_0"].cosine_min >= 0.99, report
+
+    # TFMOT's own QAT quantizes only the Add's output: without data the running sum stays a float ADD,
+    # and the exporter refuses the file rather than pass it off as integer.
+    plain = tfmot.quantization.keras.quantize_model(model)
+    with pytest.raises(tr.export.NotFullyIntegerError, match=r"float ops: .*ADD x\d.*pass representative_data="):
+        tr.export.tflite(plain, str(tmp_path / "plain.tflite"), mode="int8", seq_length=None)
 
 
 def test_int8_attention_ignores_padding(low_rank_int8):

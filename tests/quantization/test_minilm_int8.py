@@ -24,8 +24,7 @@ def _cosines(a, b):
     return np.sum(a * b, -1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
 
 
-def _truncated_minilm(blocks):
-    full = bert.load_pretrained("minilm")
+def _truncated_minilm(full, blocks):
     encoder = bert.build_encoder(bert.BertConfig.named("minilm", num_layers=blocks))
     for layer in encoder.layers:
         if layer.weights:
@@ -45,8 +44,8 @@ class _TFLiteEncoder:
 
 
 @pytest.fixture(scope="module")
-def minilm():
-    encoder = _truncated_minilm(_BLOCKS)
+def minilm(minilm_encoder):
+    encoder = _truncated_minilm(minilm_encoder, _BLOCKS)
     preprocessor = bert.Preprocessor.from_pretrained("minilm", seq_length=_SEQ)
     sentences = corpus.stdlib_sentences(limit=48)
     calibration = [{k: v.numpy() for k, v in batch.items()}

@@ -13,6 +13,40 @@ SNIPPET = os.path.join(os.path.dirname(__file__), "wordnet_snippet.txt")
 LEXNAMES = {5: "noun.animal", 6: "noun.artifact", 12: "noun.feeling", 19: "noun.phenomenon",
             34: "verb.consumption", 38: "verb.motion"}
 FRACTIONS = {"calibration": 0.2, "train": 0.6, "heldout": 0.2}
+NBSP = "\xa0"
+# A Debian Reference text rendering in miniature, as the real one is laid out: headings with no-break spaces,
+# prose indented by 4 spaces (some first lines by no-break spaces), code and lists indented deeper.
+MANUAL_TEXT = f"""Debian Reference
+
+Table of Contents
+
+1. GNU/Linux tutorials
+
+    This preface paragraph is before the first chapter here.
+
+Chapter{NBSP}1.{NBSP}GNU/Linux tutorials
+
+    I think learning a computer system is like learning a new
+{NBSP * 3} language. You have to practice it yourself.
+
+1.1.{NBSP}Console basics
+
+      * A list item is not a prose paragraph at all.
+
+    $ ls -la /tmp
+
+    The shell prompt waits for the next command.
+
+Chapter{NBSP}2.{NBSP}Debian package management
+
+    Packages are installed with the package tools. See Chapter 1 for the basics.
+
+Appendix{NBSP}A.{NBSP}Appendix
+
+    Here are backgrounds of this document in the appendix.
+
+A.1.{NBSP}The Debian maze
+"""
 
 
 def test_corpus_is_prose_and_deterministic():
@@ -146,6 +180,41 @@ def test_task_csv_files_read_back_with_the_recipes_reader(tmp_path):
     assert "python" in names and len(eval_texts) == corpus.manifest()["tasks"]["debian_section"]["eval"]
     with pytest.raises(ValueError, match=r"Unknown labelled set 'imdb'; choose from"):
         corpus.labelled("imdb", "train")
+
+
+def test_manual_sentences_are_labelled_by_their_chapter():
+    sentences, labelled = make_corpus.manual_sentences(MANUAL_TEXT)
+    assert labelled == [
+        ("I think learning a computer system is like learning a new language.", "ch01"),
+        ("You have to practice it yourself.", "ch01"),
+        ("The shell prompt waits for the next command.", "ch01"),
+        ("Packages are installed with the package tools.", "ch02"),
+        ("See Chapter 1 for the basics.", "ch02"),
+    ]
+    # The manual domain keeps the preface's and the appendix's sentences too; only they have no chapter.
+    assert sentences == ["This preface paragraph is before the first chapter here.", *(t for t, _ in labelled),
+                         "Here are backgrounds of this document in the appendix."]
+    assert list(make_corpus.manual_paragraphs(MANUAL_TEXT))[1] == (
+        "I think learning a computer system is like learning a new language. You have to practice it yourself.")
+
+
+def test_manual_chapter_set_is_the_committed_chapters_of_manual_sentences():
+    info = corpus.manifest()["tasks"]["manual_chapter"]
+    assert (info["domain"], info["min_class"], info["per_class"]) == ("manual", 60, 200)
+    train_texts, train_labels = corpus.labelled("manual_chapter", "train")
+    eval_texts, eval_labels = corpus.labelled("manual_chapter", "eval")
+    counts = collections.Counter(train_labels + eval_labels)
+    assert dict(counts) == info["classes"] and (info["train"], info["eval"]) == (len(train_texts), len(eval_texts))
+    # Chapters 5 (network setup) and 7 (GUI) have 58 and 59 sentences: below the 60 kept.
+    assert sorted(counts) == [f"ch{n:02d}" for n in (1, 2, 3, 4, 6, 8, 9, 10, 11, 12)]
+    assert all(60 <= n <= 200 for n in counts.values()) and sum(counts.values()) == 1318
+    assert counts["ch01"] == counts["ch02"] == counts["ch09"] == 200 and counts["ch08"] == 70
+    assert not set(train_texts) & set(eval_texts) and set(eval_labels) <= set(train_labels)
+    assert abs(len(eval_texts) / 1318 - make_corpus.EVAL_FRACTION) < 0.03
+    # Each text is a manual sentence, or no corpus sentence at all (another domain had it: dropped from both).
+    domains = {" ".join(s.text.lower().split()): s.domain for s in corpus.load()}
+    found = collections.Counter(domains.get(" ".join(t.lower().split())) for t in train_texts + eval_texts)
+    assert set(found) == {"manual", None} and found[None] <= 5, found
 
 
 def test_cleaning_rules():

@@ -1,46 +1,101 @@
-"""`recipes.sweep`: the compress job at several budgets, one table (on a two-block MiniLM)."""
+"""`recipes.sweep`: the compress job at several settings of its knob, one table (on a tiny random BERT)."""
 
 import json
 import os
 
 import pytest
+from absl import app
 
 from recipes import compress, sweep
+from tests.recipes import task_setup
 
-SMALL = ["--calibration_sentences=48", "--heldout_sentences=32", "--batch_size=8", "--seq_length=32",
-         "--methods=svd,whitened", "--distill_methods=whitened", "--distill_steps=2", "--export="]
+SMALL = ["--seq_length=32", "--calibration_per_domain=16", "--train_per_domain=16", "--eval_per_domain=12",
+         "--probe_sentences=60", "--probe_folds=2", "--distill_steps=0", "--batch_size=8", "--latency_rounds=3",
+         "--baselines=int8", "--policy=lowrank", "--methods=svd,whitened"]
+
+
+def _settings(*argv):
+    compress.FLAGS.unparse_flags()
+    compress.FLAGS(["sweep", *argv])
+    return compress.check_flags(compress.FLAGS)
 
 
 @pytest.fixture(scope="module")
-def swept(two_block_minilm, tmp_path_factory):
+def swept(tiny_bert, tmp_path_factory):
     report_dir = str(tmp_path_factory.mktemp("sweep"))
-    compress.FLAGS.unparse_flags()
-    compress.FLAGS(["sweep", f"--model={two_block_minilm}", f"--report_dir={report_dir}", *SMALL])
-    settings = compress.check_flags(compress.FLAGS)
+    settings = _settings(f"--model={tiny_bert}", f"--report_dir={report_dir}", *SMALL)
     return sweep.sweep(settings, [0.25, 0.75]), report_dir
 
 
-def test_one_row_per_budget_and_method(swept):
+def test_one_row_per_budget_and_the_files(swept):
     rows, report_dir = swept
-    assert [(r["budget"], r["method"]) for r in rows] == [
-        (0.25, "svd"), (0.25, "whitened"), (0.75, "svd"), (0.75, "whitened")]
+    assert [r["value"] for r in rows] == [0.25, 0.75]
     with open(os.path.join(report_dir, "sweep.json")) as f:
         assert json.load(f) == rows
     table = open(os.path.join(report_dir, "sweep.md")).read()
-    assert table.count("| 25% |") == 2 and table.count("| 75% |") == 2
+    assert "| 0.25 |" in table and "| 0.75 |" in table and "budget" in table
     assert open(os.path.join(report_dir, "sweep.png"), "rb").read(4) == b"\x89PNG"
     # Each budget ran in its own directory (its finished stages are reused on a re-run).
     assert sorted(d for d in os.listdir(report_dir) if d.startswith("budget_")) == ["budget_25", "budget_75"]
+    for budget in ("budget_25", "budget_75"):
+        with open(os.path.join(report_dir, budget, "metrics.json")) as f:
+            assert json.load(f)["policy"] == "lowrank"
 
 
-def test_budgets_and_methods_behave(swept):
+def test_more_parameters_keep_more_of_the_original(swept):
     rows, _ = swept
-    by = {(r["budget"], r["method"]): r for r in rows}
-    for method in ("svd", "whitened"):
-        assert by[(0.75, method)]["params_after"] > 2.5 * by[(0.25, method)]["params_after"]
-        assert by[(0.75, method)]["cosine"] > by[(0.25, method)]["cosine"]
-    for budget in (0.25, 0.75):
-        # Whitening (activation-aware SVD) must beat plain SVD on held-out sentences.
-        assert by[(budget, "whitened")]["cosine"] > by[(budget, "svd")]["cosine"]
-        assert by[(budget, "whitened")]["distilled_cosine"] is not None
-        assert by[(budget, "svd")]["distilled_cosine"] is None
+    small, large = rows
+    assert large["in_domain_cosine"] > small["in_domain_cosine"]
+    assert large["heldout_domain_cosine"] > small["heldout_domain_cosine"]
+    for row in rows:
+        assert row["layer_drop_cosine"] is None and row["beats_layer_drop"] is None  # no layer drop asked for
+
+
+def test_sweep_values_are_checked():
+    compress.FLAGS.unparse_flags()
+    compress.FLAGS(["sweep", "--speedups=1.2,abc"])
+    with pytest.raises(app.UsageError, match="--speedups must be numbers"):
+        sweep.sweep_values(compress.FLAGS, "structured")
+    compress.FLAGS.unparse_flags()
+    compress.FLAGS(["sweep", "--budgets=0.5,1.5"])
+    with pytest.raises(app.UsageError, match=r"--budgets must be numbers in \(0, 1\]"):
+        sweep.sweep_values(compress.FLAGS, "lowrank")
+    compress.FLAGS.unparse_flags()
+    compress.FLAGS(["sweep", "--speedups=1.2,2"])
+    assert sweep.sweep_values(compress.FLAGS, "structured") == [1.2, 2.0]
+
+
+def test_task_sweep_runs_one_task_compression_per_speedup(tmp_path_factory):
+    """--task_model: one task-path run per --speedups value, sharing the target-free stages; one table, one plot."""
+    task = task_setup.write_task(str(tmp_path_factory.mktemp("task")), positions=32)  # one length: 4 files a run
+    report = tmp_path_factory.mktemp("task_sweep")
+    compress.FLAGS.unparse_flags()
+    compress.FLAGS(["sweep", f"--task_model={task['teacher']}", f"--train_files={task['train']}",
+                    f"--eval_files={task['eval']}", "--speedups=1.2,1.6", "--speedup_margin=0", "--task_epochs=1",
+                    "--batch_size=8", "--latency_rounds=3", f"--report_dir={report}"])
+    with pytest.MonkeyPatch.context() as patch:
+        task_setup.fixed_latency(patch)
+        sweep.main(["sweep"])
+    rows = json.loads((report / "sweep.json").read_text())
+    assert [r["target_speedup"] for r in rows] == [1.2, 1.6]
+    runs = [json.loads((report / name / "metrics.json").read_text()) for name in ("speedup_1.2", "speedup_1.6")]
+    for row, metrics in zip(rows, runs):
+        assert metrics["target_speedup"] == row["target_speedup"]
+        for role in ("teacher_fp32", "teacher_int8", "student_fp32", "student_int8"):
+            assert row[role]["accuracy"] == metrics["task"]["accuracy"][role]
+            assert row[role]["latency_ms"] == metrics["latency_ms"][role]
+            assert row[role]["bytes"] == metrics["bytes"][role]
+    # The second run reused the first's tokens, teacher logits and latency model, so both pruned against one line.
+    assert runs[0]["skipped_stages"] == []
+    assert {"tokenize", "soft targets", "latency model"} <= set(runs[1]["skipped_stages"])
+    assert runs[1]["latency_model"] == runs[0]["latency_model"]
+    assert runs[1]["task"]["accuracy"]["teacher_fp32"] == runs[0]["task"]["accuracy"]["teacher_fp32"]
+    # A higher target removes more.
+    assert runs[1]["student"]["params"]["student"] < runs[0]["student"]["params"]["student"]
+    a, b = task_setup.FIXED_LATENCY
+    for target, metrics in zip((1.2, 1.6), runs):
+        assert 1 / (a + b * metrics["student"]["flops_ratio"]) >= target * 0.98
+    table = (report / "sweep.md").read_text()
+    assert "| 1.2x |" in table and "| 1.6x |" in table
+    assert (report / "sweep.png").read_bytes()[:4] == b"\x89PNG"
+

@@ -162,12 +162,23 @@ def test_directories_that_are_not_task_models_are_refused(finetuned, tiny_encode
     assert not (tmp_path / "never").exists()
 
 
-def test_hugging_face_classifier_directories_are_recognised(tmp_path):
-    """Phase B of issue 15 loads these through bert.load_hf; until then they get a clear one-line error."""
-    source = bert.minilm_path()
-    config = json.loads(open(os.path.join(source, "config.json")).read())
+def test_hugging_face_classifier_directories_load(two_block_minilm, tmp_path):
+    """A BertForSequenceClassification directory: labels from id2label, weights via bert.load_hf(head=...)."""
+    from safetensors.numpy import load_file, save_file
+
+    tensors = {f"bert.{k}": v for k, v in load_file(os.path.join(two_block_minilm, "model.safetensors")).items()}
+    rng = np.random.default_rng(0)
+    tensors.update({"classifier.weight": rng.standard_normal((2, 384)).astype(np.float32),
+                    "classifier.bias": np.array([0.5, -0.5], np.float32)})
+    save_file(tensors, str(tmp_path / "model.safetensors"))
+    config = json.loads(open(os.path.join(two_block_minilm, "config.json")).read())
     config.update(architectures=["BertForSequenceClassification"], id2label={"0": "neg", "1": "pos"})
     (tmp_path / "config.json").write_text(json.dumps(config))
-    shutil.copy(os.path.join(source, "vocab.txt"), tmp_path / "vocab.txt")
-    with pytest.raises(ValueError, match=r"is a Hugging Face BertForSequenceClassification directory; loading"):
-        task_model.load(str(tmp_path))
+    shutil.copy(os.path.join(two_block_minilm, "vocab.txt"), tmp_path / "vocab.txt")
+    tm = task_model.load(str(tmp_path))
+    assert tm.source == "hf" and tm.label_names == ["neg", "pos"] and tm.num_classes == 2
+    texts = ["a quiet afternoon", "the parser rejects malformed input"]
+    reference = bert.load_hf(str(tmp_path), head="classifier").model
+    features = tm.features(texts)
+    np.testing.assert_allclose(tm.logits(texts), reference(features, training=False).numpy(), atol=1e-5)
+    assert tm.predict(texts) == [["neg", "pos"][i] for i in np.argmax(tm.logits(texts), axis=-1)]

@@ -64,7 +64,7 @@ def test_compress_refuses_binary_training_text_and_unwritable_report_dirs(tmp_pa
     with pytest.raises(app.UsageError, match=r"--report_dir: '/proc/x' cannot be created or written"):
         _compress_flags("--report_dir=/proc/x")
     settings = _compress_flags(f"--report_dir={tmp_path / 'new' / 'dir'}")
-    assert settings["report_dir"] == str(tmp_path / "new" / "dir") and not (tmp_path / "new").exists()
+    assert settings.report_dir == str(tmp_path / "new" / "dir") and not (tmp_path / "new").exists()
 
 
 # -- files to sentences -------------------------------------------------------------------

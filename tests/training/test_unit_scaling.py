@@ -328,6 +328,8 @@ def _train_mlm_loss(scaled, policy):
     # epsilon 1e-4 for float16, where 1e-7 is below the smallest normal number.
     optimizer = keras.optimizers.Adam(1e-2 if scaled else 3e-3, epsilon=1e-4 if policy == "float16" else 1e-7)
     pretrainer.compile(optimizer=optimizer)
+    # Adam's slots now, not in the first step (which would make `fit` trace its step twice).
+    optimizer.build(pretrainer.trainable_variables)
     assert not isinstance(pretrainer.optimizer, keras.mixed_precision.LossScaleOptimizer)
     assert all(w.dtype == policy for w in network.weights)
     pretrainer.fit(_copy_task(_FP16_STEPS, seed=0), epochs=1, verbose=0)

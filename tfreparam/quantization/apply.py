@@ -72,9 +72,10 @@ def quantize_model(model: keras.Model, scheme: str = "default_8bit", calibration
     tfmot_scheme_instance = make_scheme()
     tfmot_registry = tfmot_scheme_instance.get_quantize_registry()
 
-    def annotate(layer):
-        if isinstance(layer, _PASS_THROUGH):
-            return layer
+    def annotate(original):
+        if isinstance(original, _PASS_THROUGH):
+            return original
+        layer = registry.quantizable(original)  # the same layer, or a copy with QAT hooks
         config = registry.quantize_config_for(layer)
         if config is None:
             if _tfmot_supports(tfmot_registry, layer):
@@ -84,14 +85,14 @@ def quantize_model(model: keras.Model, scheme: str = "default_8bit", calibration
                 "registry nor TFMOT's covers it. Register one with "
                 "`tfreparam.quantization.register_quantize_config(layer_class, factory)`."
             )
-        if preserve is not None and layer.trainable_weights:
+        if preserve is not None and original.trainable_weights:
             if not getattr(config, "supports_preservation", False):
-                if not _has_structure(layer, preserve):
+                if not _has_structure(original, preserve):
                     # Nothing pruned or clustered here (e.g. embeddings): plain QAT loses nothing.
                     return tfmot_quantize.quantize_annotate_layer(layer, config)
                 raise ValueError(
-                    f"Layer '{layer.name}' ({type(layer).__name__}) cannot be quantized with scheme={scheme!r}: "
-                    f"{_why_not_preserved(layer)} Use scheme='default_8bit', or exclude the layer."
+                    f"Layer '{layer.name}' ({type(original).__name__}) cannot be quantized with scheme={scheme!r}: "
+                    f"{_why_not_preserved(original)} Use scheme='default_8bit', or exclude the layer."
                 )
             config.preserve = preserve
         return tfmot_quantize.quantize_annotate_layer(layer, config)

@@ -7,7 +7,9 @@ simulated: SQUARED_DIFFERENCE forces the mean onto the input's (coarse)
 scale, and an int8 variance cannot hold tokens whose variances differ by
 100x (MiniLM's outlier dimensions), so per-token scales drift.
 
-`LayerNormQuantizeConfig` replaces the call by
+`quantize_model` wraps a `QuantizableLayerNormalization` in its place (the
+same layer, with a QAT hook), and `LayerNormQuantizeConfig` sets that hook,
+so that the layer computes
 
     mean     = fq(reduce_mean(x))
     centered = fq(x - mean)                      SUB, with its own scale
@@ -27,8 +29,6 @@ gets the `scaled` range as its output range after calibration (`tie_ranges`).
 """
 
 from __future__ import annotations
-
-import types
 
 import numpy as np
 import tensorflow as tf
@@ -52,6 +52,39 @@ def supports(layer) -> bool:
 
 
 @keras.utils.register_keras_serializable(package="tfreparam")
+class QuantizableLayerNormalization(keras.layers.LayerNormalization):
+    """A last-axis `LayerNormalization` with a QAT hook: `set_quantize_hooks(points)`.
+
+    Without hooks (`None`, the default) it is `LayerNormalization`, bit for
+    bit. With a mapping from each name in `POINTS` to a fake-quant callable it
+    computes the decomposition of the module docstring. `quantize_model`
+    substitutes it for a last-axis `LayerNormalization` (`quantizable`).
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.set_quantize_hooks(None)
+
+    @tf.__internal__.tracking.no_automatic_dependency_tracking
+    def set_quantize_hooks(self, points) -> None:
+        if points is not None and set(points) != set(POINTS):
+            raise ValueError(f"LayerNormalization '{self.name}' takes quantize hooks {POINTS}, got {sorted(points)}.")
+        self.quantize_hooks = None if points is None else dict(points)
+
+    def call(self, inputs):
+        if self.quantize_hooks is None:
+            return super().call(inputs)
+        return _decomposed_layer_norm(self, inputs, self.quantize_hooks)
+
+
+def quantizable(layer):
+    """A `QuantizableLayerNormalization` copy of a plain last-axis `LayerNormalization`, else None."""
+    if type(layer) is not keras.layers.LayerNormalization or not supports(layer):
+        return None
+    return QuantizableLayerNormalization.from_config(layer.get_config())
+
+
+@keras.utils.register_keras_serializable(package="tfreparam")
 class LayerNormQuantizeConfig(tfmot_config.QuantizeConfig):
     """8-bit QAT of a last-axis `LayerNormalization`, step by step (see the module docstring)."""
 
@@ -71,8 +104,8 @@ class LayerNormQuantizeConfig(tfmot_config.QuantizeConfig):
         pass
 
     def set_quantize_activations(self, layer, quantize_activations):
-        object.__setattr__(layer, "_tfreparam_points", dict(zip(POINTS, quantize_activations)))
-        object.__setattr__(layer, "call", types.MethodType(_quantized_layer_norm_call, layer))
+        # Their `training` flag is set by the wrapper before each call.
+        layer.set_quantize_hooks(dict(zip(POINTS, quantize_activations)))
 
     def get_output_quantizers(self, layer):
         return [quantizers.activation_quantizer()]
@@ -94,8 +127,7 @@ class LayerNormQuantizeConfig(tfmot_config.QuantizeConfig):
         return type(self) is type(other)
 
 
-def _quantized_layer_norm_call(layer, inputs):
-    fq = layer._tfreparam_points  # their `training` flag is set by the wrapper
+def _decomposed_layer_norm(layer, inputs, fq):
     x = tf.convert_to_tensor(inputs)
     mean = fq["mean"](tf.reduce_mean(x, axis=-1, keepdims=True))
     centered = fq["centered"](x - mean)

@@ -15,6 +15,7 @@ from typing import Callable
 import tf_keras as keras
 from tensorflow_model_optimization.python.core.quantization.keras import quantize_config as tfmot_config
 
+import tfreparam.quantization.add as add
 import tfreparam.quantization.configs as configs
 import tfreparam.quantization.layer_norm as layer_norm
 import tfreparam.quantization.plugins as plugins
@@ -24,7 +25,14 @@ from tfreparam.layers.base import ReparameterizedDense
 
 _FACTORIES: dict[type, Callable] = {}
 _SERIALIZABLE: dict[str, object] = dict(
-    configs.serializable_objects(), LayerNormQuantizeConfig=layer_norm.LayerNormQuantizeConfig)
+    configs.serializable_objects(),
+    LayerNormQuantizeConfig=layer_norm.LayerNormQuantizeConfig,
+    QuantizableLayerNormalization=layer_norm.QuantizableLayerNormalization,
+    AddQuantizeConfig=add.AddQuantizeConfig,
+    PartialSumAdd=add.PartialSumAdd,
+)
+# Keras layers without a QAT hook, and the subclass (with one) `quantize_model` wraps in their place.
+_SUBSTITUTES = (layer_norm.quantizable, add.quantizable)
 
 
 def register_quantize_config(layer_class: type, factory: Callable, custom_objects: dict | None = None) -> None:
@@ -55,8 +63,26 @@ def _family_factory(family):
     return lambda layer: config_class()
 
 
+def quantizable(layer: keras.layers.Layer) -> keras.layers.Layer:
+    """The layer `quantize_model` wraps for `layer`: `layer` itself, or a copy of its class with QAT hooks.
+
+    Keras layers whose call has no place for a fake-quant are replaced by a
+    subclass that computes the same thing and has one: a last-axis
+    `LayerNormalization` by `QuantizableLayerNormalization`, an `Add` of more
+    than two inputs by `PartialSumAdd`. The copy is unbuilt (weights are
+    copied after cloning).
+    """
+    for substitute in _SUBSTITUTES:
+        copy = substitute(layer)
+        if copy is not None:
+            return copy
+    return layer
+
+
 def quantize_config_for(layer: keras.layers.Layer):
-    """The registered QuantizeConfig for `layer` (most specific class first), or None."""
+    """The registered QuantizeConfig for `layer` (most specific class first), or None.
+
+    For the layer as `quantize_model` wraps it: pass `quantizable(layer)`."""
     plugins.load_registered()
     factories = {family.layer_class: _family_factory(family) for family in families()}
     factories.update(_FACTORIES)
@@ -77,20 +103,17 @@ def serializable_objects() -> dict:
     return dict(_SERIALIZABLE)
 
 
-def _layer_norm_config(layer):
-    # Last-axis LayerNorms are simulated op by op as TFLite runs them; others only get an output range.
-    if layer_norm.supports(layer):
-        return layer_norm.LayerNormQuantizeConfig()
-    return configs.OutputQuantizeConfig()
-
-
 # -- generic Keras layers TFMOT does not quantize (tfreparam's layers come from their families) --
 # A ReparameterizedDense subclass outside any family still gets the factor-wise config.
 register_quantize_config(ReparameterizedDense, lambda layer: getattr(configs, REPARAMETERIZED_QAT)())
 register_quantize_config(keras.layers.Dense, lambda layer: configs.DenseQuantizeConfig())
 register_quantize_config(keras.layers.Add, lambda layer: configs.OutputQuantizeConfig())
+register_quantize_config(add.PartialSumAdd, lambda layer: add.AddQuantizeConfig())
 register_quantize_config(keras.layers.Dropout, lambda layer: configs.NoOpQuantizeConfig())
-register_quantize_config(keras.layers.LayerNormalization, _layer_norm_config)
+# Last-axis LayerNorms (wrapped as QuantizableLayerNormalization) are simulated op by op as TFLite
+# runs them; others only get an output range.
+register_quantize_config(keras.layers.LayerNormalization, lambda layer: configs.OutputQuantizeConfig())
+register_quantize_config(layer_norm.QuantizableLayerNormalization, lambda layer: layer_norm.LayerNormQuantizeConfig())
 # TFMOT's Activation config rejects custom functions (e.g. tanh-approximated GELU).
 register_quantize_config(keras.layers.Activation, lambda layer: configs.OutputQuantizeConfig())
 register_quantize_config(keras.layers.Embedding, lambda layer: configs.WeightsQuantizeConfig(["embeddings"]))

@@ -1,5 +1,6 @@
 """Pruning for tfreparam models: TFMOT magnitude pruning, movement pruning,
-L1 sparsification, and structured (head / FFN-neuron) pruning of the flat BERT.
+L1 sparsification, and structured (head / FFN-neuron) pruning of the flat BERT
+with its latency-budget structure search and least-squares refit.
 
 Importing this package imports TFMOT (without its environment side effect)
 and registers tfreparam's layers as `PrunableLayer` / `ClusterableLayer`.
@@ -20,26 +21,35 @@ from tfreparam.sparsity.masked import (
     movement_pruning,
 )
 from tfreparam.sparsity.selection import m_by_n_weights, select_layers
+from tfreparam.sparsity.reconstruct import RefitResult, refit_output_projections
 from tfreparam.sparsity.structured import (
     StructuredPruning,
+    UnitSelection,
     head_and_neuron_importance,
+    output_sensitivity,
     prune_heads_and_neurons,
     remove_heads_and_neurons,
+    search_structure,
 )
 
 __all__ = [
     "MaskedWeights",
+    "RefitResult",
     "SparsityReport",
     "StructuredPruning",
+    "UnitSelection",
     "UpdateMasks",
     "UpdatePruningStep",
     "head_and_neuron_importance",
     "l1_sparsification",
     "m_by_n_weights",
     "movement_pruning",
+    "output_sensitivity",
     "prune",
     "prune_heads_and_neurons",
+    "refit_output_projections",
     "remove_heads_and_neurons",
+    "search_structure",
     "select_layers",
     "sparsity_report",
     "strip",

