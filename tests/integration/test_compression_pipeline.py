@@ -14,24 +14,29 @@ not how far distillation can take the model (that is `recipes/compress.py`).
 The encoder is MiniLM's embeddings and first `BLOCKS` transformer blocks, with
 the checkpoint's weights (as in tests/quantization/test_minilm_int8.py): every
 block is the same code, two already compose block into block (int8 scales
-handed from one to the next), and each further block only adds ~30 s of graph
-building and conversion per case. The full 6-block MiniLM is exported to
-int8 / int16x8 by tests/export/test_bert_export.py.
+handed from one to the next), and each further block only adds ~25 s of CPU
+(graph building, training, conversion) per case: with all 6 the file took 455
+CPU seconds, not 165. The full 6-block MiniLM is exported to int8 / int16x8 by
+tests/export/test_bert_export.py.
 
-Each case runs in a child Python (`python -m tests.integration.test_compression_pipeline
-CASE DIR`) that exits when it is done: a MiniLM through two `fit`s, QAT
+The cases run in one child Python (`python -m tests.integration.test_compression_pipeline
+DIR CASE...`) that exits when it is done: a MiniLM through two `fit`s, QAT
 and two conversions leaves GBs of TensorFlow state behind, which the pytest
-worker would otherwise keep for every test file it runs afterwards. The child
-runs every check below; the test fails with its message.
+worker would otherwise keep for every test file it runs afterwards. The
+child loads the teacher and its data once, runs every check below for each
+selected case in turn and prints one RESULT line per case; each case's test
+fails with that case's message.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import pathlib
 import re
 import subprocess
 import sys
+import traceback
 
 import numpy as np
 import pytest
@@ -145,23 +150,39 @@ INT16X8_CASE = "lowrank_magnitude"
 STAGES = {"factorized", "pruned", "qat", "int8_vs_qat", "int8"}
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
-def test_factorize_prune_qat_int8(case, tmp_path):
-    child = subprocess.run([sys.executable, "-m", "tests.integration.test_compression_pipeline", case, str(tmp_path)],
+@pytest.fixture(scope="module")
+def pipeline_results(request, tmp_path_factory):
+    """{case: {"fidelity": ...} or {"error": traceback}} for this session's selected cases, from one child."""
+    cases = sorted({item.callspec.params["case"] for item in request.session.items
+                    if item.module is request.module and hasattr(item, "callspec")})
+    out = tmp_path_factory.mktemp("pipeline")
+    child = subprocess.run([sys.executable, "-m", "tests.integration.test_compression_pipeline", str(out), *cases],
                            cwd=ROOT, capture_output=True, text=True, timeout=3600)
-    assert child.returncode == 0, f"the {case} pipeline failed (exit {child.returncode}):\n{child.stderr[-6000:]}"
-    fidelity = json.loads(next(line for line in child.stdout.splitlines() if line.startswith("FIDELITY "))[9:])
+    results = {}
+    for line in child.stdout.splitlines():
+        if line.startswith("RESULT "):
+            result = json.loads(line[7:])
+            results[result.pop("case")] = result
+    return results, child
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_factorize_prune_qat_int8(case, pipeline_results):
+    results, child = pipeline_results
+    assert case in results, f"the pipeline stopped before {case} (exit {child.returncode}):\n{child.stderr[-6000:]}"
+    assert "error" not in results[case], f"the {case} pipeline failed:\n{results[case].get('error')}"
+    fidelity = results[case]["fidelity"]
     print(case, fidelity)
     # Every stage ran and was measured (the checks themselves ran in the child).
     assert STAGES | ({"int16x8_vs_pruned"} if case == INT16X8_CASE else set()) == set(fidelity), fidelity
     assert all(-1.0 <= value <= 1.0 for value in fidelity.values()), fidelity
 
 
-def run_case(case, tmp_path):
+def run_case(case, teacher, data, tmp_path):
     """Every stage of `case` and its checks; returns the held-out cosines."""
     np.random.seed(0)
     tf.random.set_seed(0)
-    teacher, data = load_minilm()
+    tmp_path.mkdir(parents=True)
     policy, m_by_n, factorized_floor, int8_floor = CASES[case]
     fidelity = {}
 
@@ -230,6 +251,17 @@ def run_case(case, tmp_path):
     return fidelity
 
 
+def main(out_dir, cases):
+    teacher, data = load_minilm()
+    for case in cases:
+        keras.backend.clear_session()  # fresh layer names and graph state, as in a process of its own
+        gc.collect()
+        try:
+            result = {"fidelity": run_case(case, teacher, data, out_dir / case)}
+        except Exception:  # reported by this case's test; the next case still runs
+            result = {"error": traceback.format_exc()[-6000:]}
+        print("RESULT " + json.dumps(dict(case=case, **result)), flush=True)
+
+
 if __name__ == "__main__":
-    result = run_case(sys.argv[1], pathlib.Path(sys.argv[2]))
-    print("FIDELITY " + json.dumps(result), flush=True)
+    main(pathlib.Path(sys.argv[1]), sys.argv[2:])
