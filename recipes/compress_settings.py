@@ -309,10 +309,6 @@ def from_flags(f) -> CompressSettings:
     if "layer_drop" in baselines and depth < 2:
         _fail(f"The layer-drop baseline needs a model with 2+ blocks; {values['model']!r} has {depth}.")
 
-    if values["task_epochs"] < 1:
-        _fail(f"--task_epochs must be >= 1, got {values['task_epochs']}.")
-    if values["task_hidden_weight"] < 0:
-        _fail(f"--task_hidden_weight must be >= 0, got {values['task_hidden_weight']}.")
     if values["task_model"]:
         if not os.path.isdir(values["task_model"]):
             _fail(f"--task_model {values['task_model']!r} is not a directory (a recipes.finetune --output_dir).")
@@ -322,4 +318,10 @@ def from_flags(f) -> CompressSettings:
     values["text_fields"] = _names(values["text_fields"])
     if not values["text_fields"] or len(values["text_fields"]) > 2:
         _fail(f"--text_fields names one text column or two (pairs); got {list(values['text_fields'])}.")
-    return CompressSettings(**values)
+    settings = CompressSettings(**values)
+    if settings.task_model:
+        from recipes import task_compress
+
+        for error in task_compress.settings_errors(settings):  # the task path's own checks, in one place
+            _fail(error)
+    return settings
