@@ -17,7 +17,7 @@ again, see `recipes.pipeline`): load, text, reference, then for the default
 neuron on the compression text) -> latency model (structures timed in int8
 on this machine) -> prune (the heads and neurons that keep the most
 importance at --target_speedup) -> refit (least-squares refit of the output
-projections); then distill (cached teacher), layer drop (baseline, same
+projections; off unless --refit); then distill (cached teacher), layer drop (baseline, same
 distillation budget), export, evaluate, latency (side by side), report.
 Writes report.md, metrics.json, pareto.png, model_int8.tflite,
 model_fp32.tflite and compressed_encoder.keras to --report_dir.
@@ -54,11 +54,14 @@ _flag("float", "target_speedup", "Structured: wanted batch-1 int8 speed-up over 
       "path: wanted batch-1 fp32 speed-up of the student over the teacher. Resolved against latency measured on "
       "this machine.")
 _flag("float", "speedup_margin", "Aim this much above --target_speedup (the latency model's error).")
+_flag("float", "min_head_share", "Structured: share of each block's attention heads it always keeps (rounded up, at "
+      "least one); the search chooses the rest.")
 _flag("enum", "importance", "Output whose sensitivity ranks heads and neurons: 'sequence' (token states), "
       "'embedding' (mean-pooled), 'hidden' (every block's output).",
       enum_values=list(compress_settings.IMPORTANCE_TARGETS))
 _flag("integer", "importance_draws", "Random projections per batch of the sensitivity estimate.")
-_flag("bool", "refit", "Least-squares refit of the output projections after pruning.")
+_flag("bool", "refit", "Least-squares refit of the output projections after pruning (off: it lowers held-out-domain "
+      "cosine after distillation).")
 _flag("float", "refit_ridge", "Ridge of the refit, relative to the mean diagonal of its Gram matrix.")
 _flag("float", "budget", "Share of the encoder-projection kernel parameters to keep, in (0, 1] (lowrank / kronecker / "
       "tt).")
@@ -84,7 +87,9 @@ _flag("integer", "seq_length", "Maximum tokens per sentence; exported files use 
 # distillation
 _flag("integer", "distill_steps", "Distillation steps of ours and of the layer-drop baseline (0: none).")
 _flag("integer", "batch_size", "Distillation batch size.")
-_flag("float", "learning_rate", "Peak distillation learning rate (linear warm-up 10 %, then linear decay).")
+# No flag default: unset, the settings resolve the job's own (2e-4 for the encoder, 1e-4 with --task_model).
+flags.DEFINE_float("learning_rate", None, "Peak distillation learning rate (linear warm-up 10 %, then linear decay); "
+                   "default 2e-4, or 1e-4 with --task_model.", flag_values=FLAGS)
 _flag("float", "hidden_weight", "Weight of the hidden-state MSE (the sentence-encoder job; the task path has "
       "--task_hidden_weight).")
 _flag("float", "embedding_weight", "Weight of the sentence-embedding cosine distance.")

@@ -109,8 +109,8 @@ def metrics(run) -> dict:
         "baselines": _baselines(run, by_key),
         "models": rows,
         "parameters": {"original": r["load"]["parameters"], "compressed": int(run.models["compressed"].count_params())},
-        "distillation": {k: r["distill"][k] for k in ("steps", "seconds", "layer_map", "history")}
-        if "distill" in r else None,
+        "distillation": {k: r["distill"][k] for k in ("steps", "seconds", "layer_map", "history", "trained_parameters")
+                         if k in r["distill"]} if "distill" in r else None,
         "stage_seconds": {name: res.get("seconds") for name, res in r.items()
                           if name in STAGE_NAMES or name.startswith("factorize/")},
         "stages_skipped": list(run.pipe.skipped),
@@ -120,7 +120,7 @@ def metrics(run) -> dict:
     if s.policy == "structured":
         m["structure"] = {k: r["prune"][k] for k in ("heads_per_block", "neurons_per_block", "retained_score",
                                                      "predicted_speedup", "aimed_speedup", "measured_speedup",
-                                                     "checks")}
+                                                     "checks", "min_heads") if k in r["prune"]}
         m["target_speedup"] = s.target_speedup
         if "refit" in r:
             m["refit"] = {"mean_error_before": _mean(r["refit"]["errors_before"]),
@@ -326,7 +326,9 @@ def _report_lines(m: dict) -> list[str]:
     lines += ["## How our model was built", ""]
     if m["policy"] == "structured":
         st = m["structure"]
-        lines += [f"Heads kept per block: {list(st['heads_per_block'].values())}; FFN neurons kept per block: "
+        lines += [f"Heads kept per block: {list(st['heads_per_block'].values())}"
+                  + (f" (at least {st['min_heads']} each, --min_head_share)" if st.get("min_heads", 1) > 1 else "")
+                  + "; FFN neurons kept per block: "
                   f"{list(st['neurons_per_block'].values())} (share of the importance kept: "
                   f"{st['retained_score']:.3f}). Aimed at {st['aimed_speedup']:.2f}x (target plus margin); the "
                   f"latency model predicted {st['predicted_speedup']:.2f}x, the pruned structure measured "
@@ -335,7 +337,9 @@ def _report_lines(m: dict) -> list[str]:
                      + ", ".join(f"{c['measured_speedup']:.2f}x" for c in st["checks"]) + ")"
                      if len(st["checks"]) > 1 else "")
                   + f", and {_fmt(m['compressed_int8_speedup'], '{:.2f}x')} in the side-by-side timing below "
-                  "(after refit and distillation, which keep the structure)."]
+                  + ("(after refit and distillation, which keep the structure)." if m.get("refit") else
+                     "(after distillation, which keeps the structure). No least-squares refit (--refit): it raises "
+                     "held-out-domain cosine before distillation and lowers it after.")]
         if m.get("refit"):
             lines += ["", f"Least-squares refit of the output projections: mean relative error of the residual sums "
                       f"{m['refit']['mean_error_before']:.4f} before, {m['refit']['mean_error_after']:.4f} after."]
@@ -359,7 +363,9 @@ def _report_lines(m: dict) -> list[str]:
         first, last = history[0], history[-1]
         lines += ["", f"Distillation: {d['steps']} steps, {d['seconds']:.0f} s; hidden-state loss {_fmt(first[1])} -> "
                   f"{_fmt(last[1])}, embedding loss {_fmt(first[2])} -> {_fmt(last[2])} (TensorBoard logs in "
-                  "tensorboard/)."]
+                  "tensorboard/)"
+                  + (f"; {d['trained_parameters']:,} parameters trained (the embedding layers stay the original's), "
+                     "dropout off." if "trained_parameters" in d else ".")]
     lines += ["", f"Parameters: {m['parameters']['original']:,} -> {m['parameters']['compressed']:,}. "
               f"The int8 file keeps cosine {m['int8_cosine_to_keras']:.4f} (min {m['int8_cosine_to_keras_min']:.4f}) "
               f"to our Keras model" + (" — below 0.99!" if m["int8_cosine_to_keras"] < 0.99 else "") + ".", ""]

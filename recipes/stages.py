@@ -29,7 +29,7 @@ import time
 
 import numpy as np
 
-from recipes import baselines, distillation, embedding_eval, exports, latency, pipeline as pipeline_lib, protocol
+from recipes import baselines, compress_settings, distillation, embedding_eval, exports, latency, pipeline as pipeline_lib, protocol
 from recipes import text_data
 
 PROJECTIONS = r"layer_\d+/(attention/(query|key|value|output)|ffn/(intermediate|output))"
@@ -131,6 +131,7 @@ class CompressRun(pipeline_lib.StagedJob):
 
         self._stage("load", fn, settings={"model": self.s.model}, cache=False)
         self.depth = self.config.num_layers
+        self.min_heads = compress_settings.min_heads(self.s.min_head_share, self.config.num_heads)
         self.vocab_path = os.path.join(bert.minilm_path() if self.s.model == "minilm" else self.s.model, "vocab.txt")
 
     def text(self):
@@ -278,7 +279,8 @@ class CompressRun(pipeline_lib.StagedJob):
         def select(budget):
             try:
                 return structured.search_structure(self.head_scores, self.neuron_scores, max(fit.per_head, 1e-9),
-                                                   max(fit.per_neuron, 1e-9), budget)
+                                                   max(fit.per_neuron, 1e-9), budget,
+                                                   min_heads=self.min_heads)
             except ValueError as error:
                 raise ValueError(f"--target_speedup={self.s.target_speedup}: {error} (this machine's fitted latency "
                                  f"model leaves {fixed:.2f} of the original's int8 time to blocks, embeddings and "
@@ -297,12 +299,13 @@ class CompressRun(pipeline_lib.StagedJob):
             last = checks[-1]
             return {"removed_heads": selection.removed_heads, "removed_neurons": selection.removed_neurons,
                     "heads_per_block": selection.heads_per_block, "neurons_per_block": selection.neurons_per_block,
-                    "retained_score": selection.retained_score, "predicted_ratio": last["predicted_ratio"],
+                    "retained_score": selection.retained_score, "min_heads": self.min_heads,
+                    "predicted_ratio": last["predicted_ratio"],
                     "predicted_speedup": last["predicted_speedup"], "measured_ratio": last["measured_ratio"],
                     "measured_speedup": last["measured_speedup"], "aimed_speedup": aimed, "checks": checks}
 
         result = self._stage("prune", fn, self.results["importance"]["_key"], self.results["latency model"]["_key"],
-                             settings=self.s.subset("target_speedup", "speedup_margin", "latency_rounds",
+                             settings=self.s.subset("target_speedup", "speedup_margin", "min_head_share", "latency_rounds",
                                                     "latency_threads"))
         self.models["compressed"] = self._pruned(
             {int(k): v for k, v in result["removed_heads"].items()},
@@ -440,8 +443,8 @@ class CompressRun(pipeline_lib.StagedJob):
         return self._teacher_cache
 
     def _distil(self, name: str, model, layer_map, depends):
-        settings = self.s.subset("distill_steps", "batch_size", "learning_rate", "hidden_weight", "embedding_weight",
-                                 "seed")
+        settings = dict(self.s.subset("distill_steps", "batch_size", "learning_rate", "hidden_weight",
+                                      "embedding_weight", "seed"), embeddings="frozen", dropout=False)
 
         def fn(stage):
             result = distillation.distil(

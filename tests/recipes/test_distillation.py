@@ -54,8 +54,10 @@ def test_cache_holds_the_teacher_states_and_the_student_learns(preprocessor, tmp
 
     keras.utils.set_random_seed(1)
     student = bert.build_encoder(CONFIG, output_hidden_states=True)  # another random start
+    # A random student needs its embeddings trained too (a pruned one starts from the teacher's and freezes them).
     result = distillation.distil(student, cache, {1: 1, 2: 2}, steps=40, learning_rate=3e-3, hidden_weight=1.0,
-                                 embedding_weight=1.0, log_dir=str(tmp_path / "tb"), log_every=4)
+                                 embedding_weight=1.0, log_dir=str(tmp_path / "tb"), log_every=4,
+                                 train_embeddings=True)
     hidden = np.array([row[1] for row in result["history"]])
     embedding = np.array([row[2] for row in result["history"]])
     assert hidden[-1] < 0.5 * hidden[0] and embedding[-1] < embedding[0]
@@ -64,3 +66,30 @@ def test_cache_holds_the_teacher_states_and_the_student_learns(preprocessor, tmp
     with pytest.raises(ValueError, match="the layer map needs \\[3\\]"):
         distillation.distil(student, cache, {1: 3}, steps=1, learning_rate=1e-3, hidden_weight=1.0,
                             embedding_weight=0.0)
+
+
+def test_by_default_the_embedding_layers_stay_the_teachers_and_dropout_is_off(preprocessor):
+    keras.utils.set_random_seed(0)
+    teacher = bert.build_encoder(CONFIG, output_hidden_states=True)
+    cache = distillation.TeacherCache.build(teacher, preprocessor, TEXTS, batch_size=8, steps=2, seed=0)
+    noisy = dataclasses.replace(CONFIG, hidden_dropout=0.5, attention_dropout=0.5)
+    student = bert.build_encoder(noisy, output_hidden_states=True)
+    student.set_weights(teacher.get_weights())
+    embedding_names = {v.name for layer in student.layers if layer.name.startswith("embeddings/")
+                       for v in layer.weights}
+    assert embedding_names and not embedding_names & {v.name for v in distillation.distilled_variables(student)}
+    before = {v.name: v.numpy().copy() for v in student.weights}
+    # The student equals its teacher: without dropout the first step's losses are zero but for the cache's float16
+    # rounding; with dropout (p = 0.5) its outputs differ. (Adam then moves every distilled weight either way.)
+    result = distillation.distil(student, cache, {1: 1, 2: 2}, steps=2, learning_rate=1e-2, hidden_weight=1.0,
+                                 embedding_weight=1.0, log_every=1)
+    assert result["history"][0][1] < 1e-5 and result["history"][0][2] < 1e-5
+    assert result["dropout"] is False and result["train_embeddings"] is False
+    student.set_weights([before[v.name] for v in student.weights])
+    moved = distillation.distil(student, cache, {1: 1, 2: 2}, steps=2, learning_rate=1e-2, hidden_weight=1.0,
+                                embedding_weight=1.0, dropout=True, log_every=1)
+    assert moved["history"][0][1] > 1e-3
+    changed = {v.name for v in student.weights if not np.array_equal(v.numpy(), before[v.name])}
+    assert changed and not changed & embedding_names
+    assert result["trained_parameters"] == sum(int(np.prod(before[n].shape)) for n in before
+                                               if n not in embedding_names)

@@ -165,7 +165,7 @@ def test_no_heldout_sentence_reaches_compression(policy, tiny_bert, tmp_path, mo
     monkeypatch.setattr(stages.CompressRun, "export", lambda self: (_ for _ in ()).throw(_Stop()))
     compress.FLAGS.unparse_flags()
     compress.FLAGS(["compress", f"--model={tiny_bert}", f"--report_dir={tmp_path}", f"--policy={policy}",
-                    "--methods=svd,whitened", *RUN])
+                    "--methods=svd,whitened", "--refit", *RUN])
     with pytest.raises(_Stop):  # everything up to export: compression and both distillations ran
         compress.run(compress.check_flags(compress.FLAGS))
     grabbed = ["output_sensitivity", "refit_output_projections"] if policy == "structured" else ["input_grams"]

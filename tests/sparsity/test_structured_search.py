@@ -93,15 +93,15 @@ def test_output_sensitivity_checks_its_arguments(encoder):
         structured.output_sensitivity(encoder, [])
 
 
-def _brute_force(heads, neurons, head_cost, neuron_cost, budget):
-    """The best-scoring feasible choice over every subset (one head and one neuron per block at least)."""
-    def subsets(scores):
-        per_block = [[c for r in range(1, len(s) + 1) for c in itertools.combinations(range(len(s)), r)]
+def _brute_force(heads, neurons, head_cost, neuron_cost, budget, min_heads=1):
+    """The best-scoring feasible choice over every subset (`min_heads` heads and one neuron per block at least)."""
+    def subsets(scores, floor=1):
+        per_block = [[c for r in range(floor, len(s) + 1) for c in itertools.combinations(range(len(s)), r)]
                      for s in scores.values()]
         return list(itertools.product(*per_block))
 
     best = None
-    for hs in subsets(heads):
+    for hs in subsets(heads, min_heads):
         for ns in subsets(neurons):
             cost = head_cost * sum(map(len, hs)) + neuron_cost * sum(map(len, ns))
             if cost > budget + 1e-9:
@@ -133,6 +133,20 @@ def test_search_structure_finds_the_brute_force_optimum(seed):
         assert found.kept_heads[b] and found.kept_neurons[b]
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_a_head_floor_keeps_that_many_heads_per_block_and_the_best_rest(seed):
+    rng = np.random.default_rng(10 + seed)
+    heads = {0: rng.random(4) ** 3, 1: rng.random(4)}  # block 0's heads score low: a free search drops them
+    neurons = {0: rng.random(3), 1: rng.random(3)}
+    head_cost, neuron_cost = 1.0, 0.5
+    budget = float(rng.uniform(4 * head_cost + 2 * neuron_cost, 6 * head_cost + 4 * neuron_cost))
+    found = structured.search_structure(heads, neurons, head_cost, neuron_cost, budget, min_heads=2)
+    value, _, _ = _brute_force(heads, neurons, head_cost, neuron_cost, budget, min_heads=2)
+    kept = sum(heads[b][found.kept_heads[b]].sum() + neurons[b][found.kept_neurons[b]].sum() for b in heads)
+    assert kept == pytest.approx(value)
+    assert all(len(found.kept_heads[b]) >= 2 for b in heads) and found.cost <= budget + 1e-9
+
+
 def test_search_structure_refuses_an_impossible_budget():
     scores = {0: np.ones(2)}
     with pytest.raises(ValueError, match="cannot keep one head and one neuron per block"):
@@ -141,3 +155,7 @@ def test_search_structure_refuses_an_impossible_budget():
         structured.search_structure(scores, {1: np.ones(2)}, 1.0, 1.0, 5.0)
     with pytest.raises(ValueError, match="non-negative"):
         structured.search_structure({0: np.array([-1.0, 1.0])}, scores, 1.0, 1.0, 5.0)
+    with pytest.raises(ValueError, match="cannot keep 2 heads and one neuron per block.*fewer --min_heads"):
+        structured.search_structure(scores, scores, 1.0, 1.0, 2.5, min_heads=2)
+    with pytest.raises(ValueError, match="min_heads must be between 1 and the heads of a block \\(2\\)"):
+        structured.search_structure(scores, scores, 1.0, 1.0, 5.0, min_heads=3)

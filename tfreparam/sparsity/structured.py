@@ -279,14 +279,14 @@ class UnitSelection:
 
 
 def search_structure(head_scores: Mapping[int, Sequence[float]], neuron_scores: Mapping[int, Sequence[float]],
-                     head_cost: float, neuron_cost: float, budget: float) -> UnitSelection:
+                     head_cost: float, neuron_cost: float, budget: float, min_heads: int = 1) -> UnitSelection:
     """The heads and neurons to keep that retain the most total score at cost <= `budget`.
 
     Scores are additive and non-negative (e.g. `output_sensitivity`); the cost
     is linear, head_cost per kept head plus neuron_cost per kept neuron (e.g.
-    fitted latency per unit). Every block keeps at least one head and one
-    neuron. For every total number of kept heads H, the best set is each
-    block's best head plus the best H − blocks of the rest, and the neurons
+    fitted latency per unit). Every block keeps at least `min_heads` heads and
+    one neuron. For every total number of kept heads H, the best set is each
+    block's best `min_heads` heads plus the best of the rest, and the neurons
     that fill the remaining budget the same way (Kwon et al. 2022's search
     for a linear cost); the best H wins. Exact for these assumptions.
     """
@@ -296,13 +296,16 @@ def search_structure(head_scores: Mapping[int, Sequence[float]], neuron_scores: 
     if blocks != sorted(neuron_scores) or not blocks:
         raise ValueError(f"head_scores and neuron_scores must cover the same blocks; got {sorted(head_scores)} "
                          f"and {sorted(neuron_scores)}.")
+    fewest = min(len(head_scores[b]) for b in blocks)
+    if not 1 <= min_heads <= fewest:
+        raise ValueError(f"min_heads must be between 1 and the heads of a block ({fewest}); got {min_heads}.")
 
-    def order(scores):
-        """(units in the order they are added: each block's best first, then the rest by score), scores."""
+    def order(scores, floor=1):
+        """(units in the order they are added: each block's best `floor` first, then the rest by score), scores."""
         arrays = {b: np.asarray(scores[b], np.float64) for b in blocks}
         if any(np.any(a < 0) or not np.all(np.isfinite(a)) for a in arrays.values()):
             raise ValueError("Scores must be finite and non-negative.")
-        first = [(b, int(np.argmax(arrays[b]))) for b in blocks]
+        first = [(b, int(u)) for b in blocks for u in np.argsort(-arrays[b], kind="stable")[:floor]]
         chosen = set(first)
         rest = sorted(((float(arrays[b][u]), b, u) for b in blocks for u in range(len(arrays[b]))
                        if (b, u) not in chosen), key=lambda t: (-t[0], t[1], t[2]))
@@ -310,11 +313,11 @@ def search_structure(head_scores: Mapping[int, Sequence[float]], neuron_scores: 
         values = np.array([arrays[b][u] for b, u in units])
         return units, np.concatenate([[0.0], np.cumsum(values)]), float(sum(a.sum() for a in arrays.values()))
 
-    head_units, head_cum, head_total = order(head_scores)
+    head_units, head_cum, head_total = order(head_scores, min_heads)
     neuron_units, neuron_cum, neuron_total = order(neuron_scores)
     b = len(blocks)
     best = None
-    for h in range(b, len(head_units) + 1):
+    for h in range(b * min_heads, len(head_units) + 1):
         left = budget - head_cost * h
         n = min(int(np.floor(left / neuron_cost + 1e-9)), len(neuron_units))
         if n < b:
@@ -323,9 +326,11 @@ def search_structure(head_scores: Mapping[int, Sequence[float]], neuron_scores: 
         if best is None or value > best[0]:
             best = (value, h, n)
     if best is None:
-        minimum = b * (head_cost + neuron_cost)
-        raise ValueError(f"The budget {budget:.4g} cannot keep one head and one neuron per block (that costs "
-                         f"{minimum:.4g}); ask for less compression.")
+        minimum = b * (min_heads * head_cost + neuron_cost)
+        heads = "one head" if min_heads == 1 else f"{min_heads} heads"
+        raise ValueError(f"The budget {budget:.4g} cannot keep {heads} and one neuron per block (that costs "
+                         f"{minimum:.4g}); ask for less compression" + (" or fewer --min_heads." if min_heads > 1
+                                                                        else "."))
     value, h, n = best
 
     def grouped(units, total_per_block):
