@@ -135,7 +135,7 @@ def metrics(run) -> dict:
     for name in ("magnitude prune", "qat"):
         if name in r:
             m[name.replace(" ", "_")] = {k: v for k, v in r[name].items() if not k.startswith("_")}
-    m["verdict"] = verdict(by_key)
+    m["verdict"] = verdict(by_key, m["probes"])
     m["targets"] = targets(m)
     return m
 
@@ -198,8 +198,12 @@ def _baselines(run, by_key) -> dict:
     return out
 
 
-def verdict(by_key) -> dict:
-    """Does ours (int8) beat layer drop (int8): higher cosine and probe at equal or lower latency?"""
+def verdict(by_key, probes: dict | None = None) -> dict:
+    """Does ours (int8) beat layer drop (int8): higher cosine and probe at equal or lower latency?
+
+    `probes` ({set: {model: accuracy}}, metrics' "probes"): with more than one probe set, the text gives each
+    set's figures too, so a reader sees which set decides the mean.
+    """
     ours, drop = by_key.get("compressed_int8"), by_key.get("layer_drop_int8")
     if ours is None or drop is None:
         return {"beats_layer_drop": None, "text": "No layer-drop baseline in this run."}
@@ -208,9 +212,13 @@ def verdict(by_key) -> dict:
     probe = ours["probe"] is None or drop["probe"] is None or ours["probe"] > drop["probe"]
     speed = (f"{ours['latency_ms']:.2f} ms against {drop['latency_ms']:.2f} ms"
              + (" (equal within 5 %)" if abs(ours["latency_ms"] / drop["latency_ms"] - 1) <= EQUAL_LATENCY - 1 else ""))
+    per_set = [(name, p.get("compressed_int8"), p.get("layer_drop_int8")) for name, p in (probes or {}).items()]
+    per_set = [(name, a, b) for name, a, b in per_set if a is not None and b is not None]
     figures = (f"held-out-domain cosine {ours['heldout_cosine']:.4f} against {drop['heldout_cosine']:.4f}"
                + (f", probe {ours['probe']:.3f} against {drop['probe']:.3f}"
-                  if ours["probe"] is not None and drop["probe"] is not None else ""))
+                  if ours["probe"] is not None and drop["probe"] is not None else "")
+               + (" (" + ", ".join(f"{name} {a:.3f} against {b:.3f}" for name, a, b in per_set) + ")"
+                  if len(per_set) > 1 else ""))
     if faster and cosine and probe:
         text = f"Our int8 model beats the layer-drop baseline: {figures}, at {speed}."
     else:

@@ -294,3 +294,20 @@ def test_the_learning_rate_defaults_to_each_jobs_measured_value(tiny_bert, tmp_p
     assert _settings(f"--model={tiny_bert}", f"--report_dir={tmp_path}").learning_rate == 2e-4
     assert _settings(f"--model={tiny_bert}", f"--report_dir={tmp_path}", "--learning_rate=5e-4").learning_rate == 5e-4
     assert CompressSettings(task_model="runs/classifier").learning_rate == 1e-4  # the task path's measured recipe
+
+
+def test_the_verdict_names_each_probe_set_when_the_mean_decides():
+    from recipes import report
+
+    row = lambda cos, probe, ms: {"heldout_cosine": cos, "probe": probe, "latency_ms": ms}  # noqa: E731
+    by_key = {"compressed_int8": row(0.92, 0.570, 1.59), "layer_drop_int8": row(0.71, 0.585, 1.56)}
+    probes = {"wordnet_lexname": {"compressed_int8": 0.508, "layer_drop_int8": 0.544},
+              "manual_chapter": {"compressed_int8": 0.633, "layer_drop_int8": 0.626}}
+    lost = report.verdict(by_key, probes)
+    assert lost["beats_layer_drop"] is False
+    assert "its probe accuracy is not higher" in lost["text"] and "it is slower" not in lost["text"]
+    assert "(wordnet_lexname 0.508 against 0.544, manual_chapter 0.633 against 0.626)" in lost["text"]
+    by_key["compressed_int8"]["probe"] = 0.60
+    assert report.verdict(by_key, probes)["beats_layer_drop"] is True
+    by_key["compressed_int8"]["latency_ms"] = 1.56 * 1.06  # more than 5 % slower
+    assert "it is slower" in report.verdict(by_key)["text"]
