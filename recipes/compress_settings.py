@@ -162,16 +162,6 @@ def check_model_dir(model: str) -> None:
             raise ValueError(f"Checkpoint directory {model!r} has no {name}.")
 
 
-def _model_config(model: str) -> dict:
-    """A checkpoint's config.json (read alone: no weights, no TensorFlow)."""
-    if model == "minilm":
-        import bert
-
-        model = bert.minilm_path()
-    with open(os.path.join(model, "config.json")) as fh:
-        return json.load(fh)
-
-
 def min_heads(share: float, heads: int) -> int:
     """Heads every block keeps: `share` of its `heads`, rounded up, at least one."""
     return max(1, min(heads, math.ceil(share * heads - 1e-9)))
@@ -179,7 +169,12 @@ def min_heads(share: float, heads: int) -> int:
 
 def model_depth(model: str) -> int:
     """The number of transformer blocks of a checkpoint, from its config.json alone."""
-    return int(_model_config(model)["num_hidden_layers"])
+    if model == "minilm":
+        import bert
+
+        model = bert.minilm_path()
+    with open(os.path.join(model, "config.json")) as fh:
+        return int(json.load(fh)["num_hidden_layers"])
 
 
 def l3_available() -> bool:
@@ -211,6 +206,9 @@ def from_flags(f) -> CompressSettings:
               f"got {values['target_speedup']}.")
     if not 0.0 <= values["speedup_margin"] < 1.0:
         _fail(f"--speedup_margin must be in [0, 1), got {values['speedup_margin']}.")
+    if not 0.0 <= values["min_head_share"] <= 1.0:
+        _fail(f"--min_head_share must be in [0, 1] (share of each block's heads always kept), got "
+              f"{values['min_head_share']}.")
     if values["importance"] not in IMPORTANCE_TARGETS:
         _fail(f"--importance must be one of {list(IMPORTANCE_TARGETS)}, got {values['importance']!r}.")
     if not 0.0 < values["budget"] <= 1.0:
@@ -324,9 +322,6 @@ def from_flags(f) -> CompressSettings:
     values["compression_domains"] = compression
 
     depth = model_depth(values["model"])
-    if not 0.0 <= values["min_head_share"] <= 1.0:
-        _fail(f"--min_head_share must be in [0, 1] (share of each block's heads always kept), got "
-              f"{values['min_head_share']}.")
     if values["layer_drop_keep"]:
         try:
             keep = tuple(int(k) for k in _names(values["layer_drop_keep"]))

@@ -124,6 +124,8 @@ def uniform_layer_map(student_blocks: int, teacher_blocks: int) -> dict:
 
 
 EMBEDDING_LAYERS = "embeddings/"  # the flat BERT's word, position and type embeddings and their LayerNorm
+# The measured choices (module docstring), passed explicitly by the recipes so their stage keys carry them.
+STUDENT_CHOICES = {"train_embeddings": False, "dropout": False}
 
 
 def distilled_variables(student: keras.Model, train_embeddings: bool = False) -> list:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib
 import os
+import shutil
+import tempfile
 
 # --int8 -> tfreparam.export.tflite mode, and how the report names it.
 INT8_MODES = {"dynamic": "dynamic", "full": "int8", "int16x8": "int16x8"}
@@ -57,10 +59,15 @@ def l3_int8(source: str, target: str) -> str:
 
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
+    directory = os.path.dirname(os.path.abspath(target))
+    os.makedirs(directory, exist_ok=True)
     logging.disable(logging.WARNING)  # its advice to pre-process the graph first, on every call
-    try:
-        quantize_dynamic(source, target, weight_type=QuantType.QInt8)
-    finally:
-        logging.disable(logging.NOTSET)
+    # quantize_dynamic writes and deletes "<source>-inferred.onnx" beside its input: from a private copy, so two
+    # runs at once (or a read-only site-packages) do not trip over the installed package's directory.
+    with tempfile.TemporaryDirectory(dir=directory) as scratch:
+        private = shutil.copy(source, os.path.join(scratch, os.path.basename(source)))
+        try:
+            quantize_dynamic(private, target, weight_type=QuantType.QInt8)
+        finally:
+            logging.disable(logging.NOTSET)
     return target

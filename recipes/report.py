@@ -109,7 +109,8 @@ def metrics(run) -> dict:
         "baselines": _baselines(run, by_key),
         "models": rows,
         "parameters": {"original": r["load"]["parameters"], "compressed": int(run.models["compressed"].count_params())},
-        "distillation": {k: r["distill"][k] for k in ("steps", "seconds", "layer_map", "history", "trained_parameters")
+        "distillation": {k: r["distill"][k] for k in ("steps", "seconds", "layer_map", "history", "trained_parameters",
+                                                      "train_embeddings", "dropout")
                          if k in r["distill"]} if "distill" in r else None,
         "stage_seconds": {name: res.get("seconds") for name, res in r.items()
                           if name in STAGE_NAMES or name.startswith("factorize/")},
@@ -372,8 +373,9 @@ def _report_lines(m: dict) -> list[str]:
         lines += ["", f"Distillation: {d['steps']} steps, {d['seconds']:.0f} s; hidden-state loss {_fmt(first[1])} -> "
                   f"{_fmt(last[1])}, embedding loss {_fmt(first[2])} -> {_fmt(last[2])} (TensorBoard logs in "
                   "tensorboard/)"
-                  + (f"; {d['trained_parameters']:,} parameters trained (the embedding layers stay the original's), "
-                     "dropout off." if "trained_parameters" in d else ".")]
+                  + (f"; {d['trained_parameters']:,} parameters trained"
+                     + ("" if d["train_embeddings"] else " (the embedding layers stay the original's)")
+                     + f", dropout {'on' if d['dropout'] else 'off'}." if "trained_parameters" in d else ".")]
     lines += ["", f"Parameters: {m['parameters']['original']:,} -> {m['parameters']['compressed']:,}. "
               f"The int8 file keeps cosine {m['int8_cosine_to_keras']:.4f} (min {m['int8_cosine_to_keras_min']:.4f}) "
               f"to our Keras model" + (" — below 0.99!" if m["int8_cosine_to_keras"] < 0.99 else "") + ".", ""]

@@ -29,8 +29,8 @@ import time
 
 import numpy as np
 
-from recipes import baselines, compress_settings, distillation, embedding_eval, exports, latency, pipeline as pipeline_lib, protocol
-from recipes import text_data
+from recipes import baselines, compress_settings, distillation, embedding_eval, exports, latency, protocol
+from recipes import pipeline as pipeline_lib, text_data
 
 PROJECTIONS = r"layer_\d+/(attention/(query|key|value|output)|ffn/(intermediate|output))"
 LOG_PREFIX = "compress"
@@ -279,8 +279,7 @@ class CompressRun(pipeline_lib.StagedJob):
         def select(budget):
             try:
                 return structured.search_structure(self.head_scores, self.neuron_scores, max(fit.per_head, 1e-9),
-                                                   max(fit.per_neuron, 1e-9), budget,
-                                                   min_heads=self.min_heads)
+                                                   max(fit.per_neuron, 1e-9), budget, min_heads=self.min_heads)
             except ValueError as error:
                 raise ValueError(f"--target_speedup={self.s.target_speedup}: {error} (this machine's fitted latency "
                                  f"model leaves {fixed:.2f} of the original's int8 time to blocks, embeddings and "
@@ -305,8 +304,8 @@ class CompressRun(pipeline_lib.StagedJob):
                     "measured_speedup": last["measured_speedup"], "aimed_speedup": aimed, "checks": checks}
 
         result = self._stage("prune", fn, self.results["importance"]["_key"], self.results["latency model"]["_key"],
-                             settings=self.s.subset("target_speedup", "speedup_margin", "min_head_share", "latency_rounds",
-                                                    "latency_threads"))
+                             settings=self.s.subset("target_speedup", "speedup_margin", "min_head_share",
+                                                    "latency_rounds", "latency_threads"))
         self.models["compressed"] = self._pruned(
             {int(k): v for k, v in result["removed_heads"].items()},
             {int(k): v for k, v in result["removed_neurons"].items()})
@@ -444,12 +443,12 @@ class CompressRun(pipeline_lib.StagedJob):
 
     def _distil(self, name: str, model, layer_map, depends):
         settings = dict(self.s.subset("distill_steps", "batch_size", "learning_rate", "hidden_weight",
-                                      "embedding_weight", "seed"), embeddings="frozen", dropout=False)
+                                      "embedding_weight", "seed"), **distillation.STUDENT_CHOICES)
 
         def fn(stage):
             result = distillation.distil(
                 model, self.teacher_cache(), layer_map, self.s.distill_steps, self.s.learning_rate,
-                self.s.hidden_weight, self.s.embedding_weight, seed=self.s.seed,
+                self.s.hidden_weight, self.s.embedding_weight, seed=self.s.seed, **distillation.STUDENT_CHOICES,
                 log_dir=os.path.join(self.dir, "tensorboard", name.replace(" ", "_")))
             model.save_weights(stage.path("model.weights.h5"))
             return result

@@ -113,6 +113,9 @@ def test_report_reads_in_pipeline_order_without_raw_dumps(first_run):
     positions = [stage_lines.index(name) for name in order]
     assert positions == sorted(positions)
     assert metrics["verdict"]["text"] in report
+    # What the distillation did, read from its own result: embeddings frozen, dropout off.
+    assert metrics["distillation"]["train_embeddings"] is False and metrics["distillation"]["dropout"] is False
+    assert "parameters trained (the embedding layers stay the original's), dropout off." in report
     assert open(os.path.join(report_dir, "pareto.png"), "rb").read(4) == b"\x89PNG"
     assert metrics["plots"] == ["pareto.png"]
 
@@ -311,3 +314,35 @@ def test_the_verdict_names_each_probe_set_when_the_mean_decides():
     assert report.verdict(by_key, probes)["beats_layer_drop"] is True
     by_key["compressed_int8"]["latency_ms"] = 1.56 * 1.06  # more than 5 % slower
     assert "it is slower" in report.verdict(by_key)["text"]
+
+
+def test_l3_int8_quantizes_from_a_private_copy_and_keeps_the_numbers(tmp_path, monkeypatch):
+    # onnxruntime writes "<input>-inferred.onnx" beside its input and deletes it: from the installed package's
+    # directory, two runs at once deleted each other's file (seen with two pytest workers).
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+    from onnxruntime import quantization
+
+    from recipes import exports
+
+    rng = np.random.default_rng(0)
+    weight = rng.standard_normal((16, 8)).astype("float32")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 8])],
+                              [numpy_helper.from_array(weight, "w")])
+    source_dir = tmp_path / "package"
+    source_dir.mkdir()
+    source = str(source_dir / "model.onnx")
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), source)
+    inputs = []
+    original = quantization.quantize_dynamic
+    monkeypatch.setattr(quantization, "quantize_dynamic", lambda path, *a, **k: inputs.append(path) or
+                        original(path, *a, **k))
+    target = exports.l3_int8(source, str(tmp_path / "out" / "int8.onnx"))
+    assert inputs and os.path.dirname(os.path.abspath(inputs[0])) != str(source_dir)
+    assert os.listdir(source_dir) == ["model.onnx"] and os.listdir(tmp_path / "out") == ["int8.onnx"]
+    x = rng.standard_normal((4, 16)).astype("float32")
+    y = ort.InferenceSession(target, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(y, x @ weight, rtol=0.05, atol=0.1)  # int8 weights: close to numpy's fp32 product
