@@ -56,6 +56,8 @@ _flag("float", "target_speedup", "Structured: wanted batch-1 int8 speed-up over 
 _flag("float", "speedup_margin", "Aim this much above --target_speedup (the latency model's error).")
 _flag("float", "min_head_share", "Structured: share of each block's attention heads it always keeps (rounded up, at "
       "least one); the search chooses the rest.")
+_flag("list", "drop_blocks", "Structured: blocks to remove whole before heads and neurons are searched, e.g. 4 "
+      "(never the last); the search spends their latency on the other blocks.")
 _flag("enum", "importance", "Output whose sensitivity ranks heads and neurons: 'sequence' (token states), "
       "'embedding' (mean-pooled), 'hidden' (every block's output).",
       enum_values=list(compress_settings.IMPORTANCE_TARGETS))

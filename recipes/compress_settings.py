@@ -46,6 +46,9 @@ class CompressSettings:
     # (held-out cosine 0.917 with 4 vs 0.910 with the free search, at the same measured speed), and the lexical
     # probe keeps 1.6 points more.
     min_head_share: float = 0.33
+    # Blocks removed whole before heads and neurons are searched (structured only); their latency goes to the others.
+    # Off by default: which block to drop was measured only against the held-out probes (docs/compression.md).
+    drop_blocks: tuple = ()
     importance: str = "sequence"
     importance_draws: int = 2
     # Off: the refit raises held-out cosine before distillation (+0.02) but leaves the weights where 600 distillation
@@ -333,6 +336,19 @@ def from_flags(f) -> CompressSettings:
         values["layer_drop_keep"] = keep
     else:
         values["layer_drop_keep"] = None
+    try:
+        dropped = tuple(int(k) for k in _names(values["drop_blocks"]))
+    except ValueError:
+        _fail(f"--drop_blocks must be block indices like 4; got {values['drop_blocks']}.")
+    if dropped:
+        if values["policy"] != "structured":
+            _fail("--drop_blocks applies to --policy=structured (blocks removed before heads and neurons are pruned).")
+        if list(dropped) != sorted(set(dropped)) or dropped[0] < 0 or dropped[-1] >= depth - 1:
+            _fail(f"--drop_blocks must be increasing block indices in 0..{depth - 2} (the last block, which maps "
+                  f"into the embedding space, stays); got {list(dropped)}.")
+        if values["refit"]:
+            _fail("--refit matches each pruned block to the original's same block; it cannot follow --drop_blocks.")
+    values["drop_blocks"] = dropped
     if "layer_drop" in baselines and depth < 2:
         _fail(f"The layer-drop baseline needs a model with 2+ blocks; {values['model']!r} has {depth}.")
 

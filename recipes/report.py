@@ -121,7 +121,7 @@ def metrics(run) -> dict:
     if s.policy == "structured":
         m["structure"] = {k: r["prune"][k] for k in ("heads_per_block", "neurons_per_block", "retained_score",
                                                      "predicted_speedup", "aimed_speedup", "measured_speedup",
-                                                     "checks", "min_heads") if k in r["prune"]}
+                                                     "checks", "min_heads", "dropped_blocks") if k in r["prune"]}
         m["target_speedup"] = s.target_speedup
         if "refit" in r:
             m["refit"] = {"mean_error_before": _mean(r["refit"]["errors_before"]),
@@ -335,6 +335,9 @@ def _report_lines(m: dict) -> list[str]:
     lines += ["## How our model was built", ""]
     if m["policy"] == "structured":
         st = m["structure"]
+        if st.get("dropped_blocks"):
+            lines += [f"Blocks {st['dropped_blocks']} of the original removed whole (--drop_blocks) before the "
+                      "search; the lists below are the remaining blocks', in order.", ""]
         lines += [f"Heads kept per block: {list(st['heads_per_block'].values())}"
                   + (f" (at least {st['min_heads']} each, --min_head_share)" if st.get("min_heads", 1) > 1 else "")
                   + "; FFN neurons kept per block: "

@@ -131,6 +131,9 @@ class CompressRun(pipeline_lib.StagedJob):
 
         self._stage("load", fn, settings={"model": self.s.model}, cache=False)
         self.depth = self.config.num_layers
+        # --drop_blocks: the original less those blocks is what importance, search and pruning start from.
+        self.kept_blocks = [b for b in range(self.depth) if b not in self.s.drop_blocks]
+        self.base = bert.drop_blocks(self.encoder, self.kept_blocks) if self.s.drop_blocks else self.encoder
         self.min_heads = compress_settings.min_heads(self.s.min_head_share, self.config.num_heads)
         self.vocab_path = os.path.join(bert.minilm_path() if self.s.model == "minilm" else self.s.model, "vocab.txt")
 
@@ -185,7 +188,7 @@ class CompressRun(pipeline_lib.StagedJob):
         def fn(stage):
             batches = self.calibration_batches()
             heads, neurons = structured.output_sensitivity(
-                self.encoder, batches, target=self.s.importance, draws=self.s.importance_draws, seed=self.s.seed,
+                self.base, batches, target=self.s.importance, draws=self.s.importance_draws, seed=self.s.seed,
                 progress=_bar(f"output sensitivity of every head and FFN neuron ({self.s.importance_draws} draws x "
                               f"{len(batches)} batches)", self.s.importance_draws * len(batches)))
             np.savez(stage.path("scores.npz"), **{f"heads/{b}": v for b, v in heads.items()},
@@ -193,7 +196,7 @@ class CompressRun(pipeline_lib.StagedJob):
             return {"sentences": len(self.protocol.compression.calibration)}
 
         self._stage("importance", fn, self.calibration_key,
-                    settings=self.s.subset("importance", "importance_draws", "seed"))
+                    settings=self.s.subset("importance", "importance_draws", "seed", "drop_blocks"))
         with np.load(self._path("importance", "scores.npz")) as data:
             self.head_scores = {int(k.split("/")[1]): data[k] for k in data.files if k.startswith("heads/")}
             self.neuron_scores = {int(k.split("/")[1]): data[k] for k in data.files if k.startswith("neurons/")}
@@ -270,7 +273,7 @@ class CompressRun(pipeline_lib.StagedJob):
         from tfreparam.sparsity import structured
 
         fit = self.latency_fit
-        fixed = fit.constant + fit.per_block * self.depth
+        fixed = fit.constant + fit.per_block * len(self.kept_blocks)
         aimed = self.s.target_speedup + self.s.speedup_margin
         goal = 1.0 / aimed
         # Accept a structure measured at least halfway into the margin: the final side-by-side timing has noise too.
@@ -299,6 +302,7 @@ class CompressRun(pipeline_lib.StagedJob):
             return {"removed_heads": selection.removed_heads, "removed_neurons": selection.removed_neurons,
                     "heads_per_block": selection.heads_per_block, "neurons_per_block": selection.neurons_per_block,
                     "retained_score": selection.retained_score, "min_heads": self.min_heads,
+                    "dropped_blocks": list(self.s.drop_blocks),
                     "predicted_ratio": last["predicted_ratio"],
                     "predicted_speedup": last["predicted_speedup"], "measured_ratio": last["measured_ratio"],
                     "measured_speedup": last["measured_speedup"], "aimed_speedup": aimed, "checks": checks}
@@ -316,7 +320,7 @@ class CompressRun(pipeline_lib.StagedJob):
     def _pruned(self, removed_heads: dict, removed_neurons: dict):
         from tfreparam.sparsity import structured
 
-        return structured.remove_heads_and_neurons(self.encoder, removed_heads, removed_neurons,
+        return structured.remove_heads_and_neurons(self.base, removed_heads, removed_neurons,
                                                    seq_length=self.s.seq_length).model
 
     def _measured_ratio(self, selection) -> float:
@@ -461,7 +465,8 @@ class CompressRun(pipeline_lib.StagedJob):
     def distill(self):
         if self.s.distill_steps == 0:
             return
-        layer_map = {i: i for i in range(1, self.depth + 1)}
+        # Block i of ours learns the original block it came from (hidden state 0 is the embeddings' output).
+        layer_map = {i + 1: b + 1 for i, b in enumerate(self.kept_blocks)}
         result = self._distil("distill", self.models["compressed"], layer_map, self.compressed_key)
         self.compressed_key = result["_key"]
 

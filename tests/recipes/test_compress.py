@@ -51,7 +51,7 @@ def first_run(tiny_bert, tmp_path_factory):
 
 
 def _predicted_ratio(run, selection):
-    return FIXED_FIT.constant + FIXED_FIT.per_block * run.depth + selection.cost
+    return FIXED_FIT.constant + FIXED_FIT.per_block * len(run.kept_blocks) + selection.cost
 
 
 def test_metrics_have_the_issue_keys(first_run):
@@ -153,6 +153,25 @@ def test_compressed_encoder_loads_with_keras_after_a_bare_import_tfreparam(first
     assert "['pooled_output', 'sequence_output'] (1, 4, 32)" in done.stdout
 
 
+def test_dropped_blocks_go_before_the_search_and_give_it_their_time(tiny_bert, tmp_path):
+    settings = _settings(f"--model={tiny_bert}", f"--report_dir={tmp_path}", *SMALL, "--drop_blocks=0",
+                         "--baselines=int8")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(latency, "fit_latency_model", _fixed_fit)
+        patch.setattr(stages.CompressRun, "_measured_ratio", _predicted_ratio)
+        metrics = compress.run(settings)
+    structure = metrics["structure"]
+    assert structure["dropped_blocks"] == [0] and len(structure["heads_per_block"]) == 1
+    # One block's fixed 0.1 is gone: 0.667 - 0.1 - 0.1 = 0.467 for the one block's 4 heads and 64 neurons
+    # (0.12 + 0.192 = 0.312), so nothing of block 1 needs to go.
+    assert list(structure["heads_per_block"].values()) == [4] and list(structure["neurons_per_block"].values()) == [64]
+    assert 1 / structure["predicted_speedup"] == pytest.approx(0.1 + 0.1 + 0.312)
+    # Our remaining block (the original's block 1) learns the original's block 1 output (hidden state 2).
+    assert metrics["distillation"]["layer_map"] == {"1": 2}
+    with open(os.path.join(tmp_path, "report.md")) as f:
+        assert "Blocks [0] of the original removed whole (--drop_blocks)" in f.read()
+
+
 def test_rerun_skips_finished_stages(first_run, capsys):
     settings, metrics, _ = first_run
     again = compress.run(settings)
@@ -234,6 +253,11 @@ def files(tmp_path):
     (["--baselines=int8,magic"], "--baselines takes"),
     (["--layer_drop_keep=0,9"], "--layer_drop_keep must be increasing block indices in 0..5"),
     (["--layer_drop_keep=0,1,2,3,4,5"], "fewer than all 6"),
+    (["--drop_blocks=5"], "--drop_blocks must be increasing block indices in 0..4 (the last block"),
+    (["--drop_blocks=3,1"], "--drop_blocks must be increasing block indices"),
+    (["--drop_blocks=x"], "--drop_blocks must be block indices like 4"),
+    (["--drop_blocks=1", "--refit"], "it cannot follow --drop_blocks"),
+    (["--drop_blocks=1", "--policy=lowrank"], "--drop_blocks applies to --policy=structured"),
     (["--m_by_n=4:2"], "--m_by_n must look like '2:4'"),
     (["--export=saved_model,zip"], "--export takes"),
     (["--ranks=abc"], "--ranks applies to --policy=lowrank"),
