@@ -140,6 +140,18 @@ def _names(values) -> tuple:
     return tuple(v.strip() for v in (values or ()) if v and v.strip())
 
 
+def _block_indices(flag: str, raw, last: int, example: str, rule: str = "", most: Optional[int] = None) -> tuple:
+    """Increasing block indices in 0..`last` (at most `most` of them) from a list flag; () when it is empty."""
+    try:
+        blocks = tuple(int(k) for k in _names(raw))
+    except ValueError:
+        _fail(f"{flag} must be block indices like {example}; got {raw}.")
+    if blocks and (list(blocks) != sorted(set(blocks)) or blocks[0] < 0 or blocks[-1] > last
+                   or (most is not None and len(blocks) > most)):
+        _fail(f"{flag} must be increasing block indices in 0..{last}{rule}; got {list(blocks)}.")
+    return blocks
+
+
 def check_model_dir(model: str) -> None:
     """A BERT checkpoint directory: config.json of a BERT model, safetensors weights and a vocabulary."""
     if model == "minilm":
@@ -325,27 +337,13 @@ def from_flags(f) -> CompressSettings:
     values["compression_domains"] = compression
 
     depth = model_depth(values["model"])
-    if values["layer_drop_keep"]:
-        try:
-            keep = tuple(int(k) for k in _names(values["layer_drop_keep"]))
-        except ValueError:
-            _fail(f"--layer_drop_keep must be block indices like 0,1,2; got {values['layer_drop_keep']}.")
-        if not keep or list(keep) != sorted(set(keep)) or keep[0] < 0 or keep[-1] >= depth or len(keep) >= depth:
-            _fail(f"--layer_drop_keep must be increasing block indices in 0..{depth - 1}, fewer than all {depth}; "
-                  f"got {list(keep)}.")
-        values["layer_drop_keep"] = keep
-    else:
-        values["layer_drop_keep"] = None
-    try:
-        dropped = tuple(int(k) for k in _names(values["drop_blocks"]))
-    except ValueError:
-        _fail(f"--drop_blocks must be block indices like 4; got {values['drop_blocks']}.")
+    values["layer_drop_keep"] = _block_indices("--layer_drop_keep", values["layer_drop_keep"], depth - 1, "0,1,2",
+                                               f", fewer than all {depth}", most=depth - 1) or None
+    dropped = _block_indices("--drop_blocks", values["drop_blocks"], depth - 2, "4",
+                             " (the last block, which maps into the embedding space, stays)")
     if dropped:
         if values["policy"] != "structured":
             _fail("--drop_blocks applies to --policy=structured (blocks removed before heads and neurons are pruned).")
-        if list(dropped) != sorted(set(dropped)) or dropped[0] < 0 or dropped[-1] >= depth - 1:
-            _fail(f"--drop_blocks must be increasing block indices in 0..{depth - 2} (the last block, which maps "
-                  f"into the embedding space, stays); got {list(dropped)}.")
         if values["refit"]:
             _fail("--refit matches each pruned block to the original's same block; it cannot follow --drop_blocks.")
     values["drop_blocks"] = dropped

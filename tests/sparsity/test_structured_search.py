@@ -155,7 +155,7 @@ def test_search_structure_refuses_an_impossible_budget():
         structured.search_structure(scores, {1: np.ones(2)}, 1.0, 1.0, 5.0)
     with pytest.raises(ValueError, match="non-negative"):
         structured.search_structure({0: np.array([-1.0, 1.0])}, scores, 1.0, 1.0, 5.0)
-    with pytest.raises(ValueError, match="cannot keep 2 heads and one neuron per block.*fewer --min_heads"):
+    with pytest.raises(ValueError, match="cannot keep 2 heads and one neuron per block.*or a smaller min_heads"):
         structured.search_structure(scores, scores, 1.0, 1.0, 2.5, min_heads=2)
     with pytest.raises(ValueError, match="min_heads must be between 1 and the heads of a block \\(2\\)"):
         structured.search_structure(scores, scores, 1.0, 1.0, 5.0, min_heads=3)

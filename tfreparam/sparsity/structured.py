@@ -329,7 +329,7 @@ def search_structure(head_scores: Mapping[int, Sequence[float]], neuron_scores: 
         minimum = b * (min_heads * head_cost + neuron_cost)
         heads = "one head" if min_heads == 1 else f"{min_heads} heads"
         raise ValueError(f"The budget {budget:.4g} cannot keep {heads} and one neuron per block (that costs "
-                         f"{minimum:.4g}); ask for less compression" + (" or fewer --min_heads." if min_heads > 1
+                         f"{minimum:.4g}); ask for less compression" + (" or a smaller min_heads." if min_heads > 1
                                                                         else "."))
     value, h, n = best
 
