@@ -585,13 +585,16 @@ class CompressRun(pipeline_lib.StagedJob):
                 exports.write(files["original_int8"], exports.tflite_bytes(self.encoder, self.s.int8,
                                                                            self.s.seq_length, self.representative()))
             bar.update(len(sources) + 1)
+            l3_weights = None
             if "minilm_l3_int8" in files:
-                exports.l3_int8(files["minilm_l3_fp32"], files["minilm_l3_int8"])
+                reduce_range = not exports.cpu_has_vnni()
+                exports.l3_int8(files["minilm_l3_fp32"], files["minilm_l3_int8"], reduce_range=reduce_range)
+                l3_weights = "7-bit" if reduce_range else "8-bit"
             keras_path = os.path.join(self.dir, "compressed_encoder.keras")
             exports.encoder_view(final).save(keras_path)
             extra = self._extra_exports(self.models["compressed"])
             return {"files": files, "bytes": {n: _size(p) for n, p in files.items()}, "keras": keras_path,
-                    "extra": extra}
+                    "extra": extra, "l3_int8_weights": l3_weights}
 
         depends = [self.compressed_key, getattr(self, "layer_drop_key", None), getattr(self, "qat_key", None),
                    self.results.get("latency model", {}).get("_key")]

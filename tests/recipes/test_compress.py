@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from absl import app
 
-from recipes import compress, latency, pipeline, stages
+from recipes import compress, exports, latency, pipeline, stages
 
 FLAGS = compress.FLAGS
 SMALL = ["--seq_length=32", "--calibration_per_domain=16", "--train_per_domain=32", "--eval_per_domain=16",
@@ -107,6 +107,10 @@ def test_report_reads_in_pipeline_order_without_raw_dumps(first_run):
     assert "```" not in report and "{" not in report and "_key" not in report
     for label in ("| original, int8 |", "| ours, int8 |", "| layer drop, int8 |", "| MiniLM-L3, fp32 |"):
         assert label in report
+    # L3's int8 row names its weight width: 7-bit where this CPU has no VNNI (exports.l3_int8).
+    bits = "8-bit" if exports.cpu_has_vnni() else "7-bit"
+    assert metrics["l3_int8_weights"] == bits
+    assert f"| MiniLM-L3, int8 | ONNX Runtime (dynamic int8, {bits} per-channel weights) |" in report
     stage_lines = report.split("## Stages")[1]
     order = ["load the checkpoint", "split the text", "importance", "latency model", "choose and remove",
              "distillation (ours)", "distillation (layer-drop", "export", "evaluate", "batch-1"]
@@ -340,26 +344,38 @@ def test_the_verdict_names_each_probe_set_when_the_mean_decides():
     assert "it is slower" in report.verdict(by_key)["text"]
 
 
+def _matmul_onnx(path: str, weight: np.ndarray) -> str:
+    """An ONNX graph y = x @ weight, saved at `path`."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rows, cols = weight.shape
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, rows])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, cols])],
+                              [numpy_helper.from_array(weight, "w")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def _onnx_run(path: str, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    return ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+
 def test_l3_int8_quantizes_from_a_private_copy_and_keeps_the_numbers(tmp_path, monkeypatch):
     # onnxruntime writes "<input>-inferred.onnx" beside its input and deletes it: from the installed package's
     # directory, two runs at once deleted each other's file (seen with two pytest workers).
-    import onnx
-    import onnxruntime as ort
-    from onnx import TensorProto, helper, numpy_helper
     from onnxruntime import quantization
 
     from recipes import exports
 
     rng = np.random.default_rng(0)
     weight = rng.standard_normal((16, 8)).astype("float32")
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 16])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 8])],
-                              [numpy_helper.from_array(weight, "w")])
     source_dir = tmp_path / "package"
     source_dir.mkdir()
-    source = str(source_dir / "model.onnx")
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), source)
+    source = _matmul_onnx(str(source_dir / "model.onnx"), weight)
     inputs = []
     original = quantization.quantize_dynamic
     monkeypatch.setattr(quantization, "quantize_dynamic", lambda path, *a, **k: inputs.append(path) or
@@ -368,5 +384,26 @@ def test_l3_int8_quantizes_from_a_private_copy_and_keeps_the_numbers(tmp_path, m
     assert inputs and os.path.dirname(os.path.abspath(inputs[0])) != str(source_dir)
     assert os.listdir(source_dir) == ["model.onnx"] and os.listdir(tmp_path / "out") == ["int8.onnx"]
     x = rng.standard_normal((4, 16)).astype("float32")
-    y = ort.InferenceSession(target, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
-    np.testing.assert_allclose(y, x @ weight, rtol=0.05, atol=0.1)  # int8 weights: close to numpy's fp32 product
+    # int8 weights on this machine's kernels: close to numpy's fp32 product (on a CPU without VNNI, 8-bit weights
+    # gave entries off by half here: the 16-bit pair sums saturated).
+    np.testing.assert_allclose(_onnx_run(target, x), x @ weight, rtol=0.05, atol=0.1)
+
+
+def test_l3_int8_takes_7_bit_weights_exactly_where_the_cpu_lacks_vnni(tmp_path, monkeypatch):
+    from onnxruntime import quantization
+
+    from recipes import exports
+
+    weight = np.random.default_rng(1).standard_normal((16, 8)).astype("float32")
+    source = _matmul_onnx(str(tmp_path / "model.onnx"), weight)
+    chosen = []
+    original = quantization.quantize_dynamic
+    monkeypatch.setattr(quantization, "quantize_dynamic", lambda *a, **k: chosen.append(k["reduce_range"]) or
+                        original(*a, **k))
+    for vnni in (True, False):
+        monkeypatch.setattr(exports, "cpu_has_vnni", lambda: vnni)
+        exports.l3_int8(source, str(tmp_path / f"vnni_{vnni}.onnx"))
+    assert chosen == [False, True]
+    # 7-bit weights keep every pair sum in 16 bits on any x86 kernel: within 7-bit rounding of numpy's product.
+    x = np.random.default_rng(2).standard_normal((4, 16)).astype("float32")
+    np.testing.assert_allclose(_onnx_run(str(tmp_path / "vnni_False.onnx"), x), x @ weight, rtol=0.1, atol=0.2)
