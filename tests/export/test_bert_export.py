@@ -65,6 +65,19 @@ def test_tiny_bert_exports_with_parity(fmt, tiny_bert, tiny_inputs, tmp_path):
         assert report.outputs["sentence_embedding"].cosine_min >= 0.99
 
 
+@pytest.mark.parametrize("mode", ["fp32", "dynamic"])
+def test_tflite_outputs_do_not_depend_on_the_thread_count(mode, tiny_bert, tiny_inputs, tmp_path):
+    # The compress recipe embeds its evaluation text with every core (runner_for(..., threads=)): that must not
+    # change a single output bit, or int8 figures would depend on the machine's core count.
+    from tfreparam.export import runners
+
+    path = str(tmp_path / "m.tflite")
+    export.tflite(tiny_bert, path, mode=mode, seq_length=16, check=False)
+    one, two = (runners.runner_for(path, threads=t).run(tiny_inputs)["sequence_output"] for t in (1, 2))
+    assert one.shape == (3, 16, tiny_bert.output["sequence_output"].shape[-1])
+    np.testing.assert_array_equal(one, two)
+
+
 def test_factorized_bert_tflite_shrinks_with_its_parameters(tiny_bert, tmp_path):
     """The file holds factors: its size tracks the parameter count, not the dense kernels'."""
     dense = build_encoder(BertConfig.named("tiny", vocab_size=512))

@@ -136,12 +136,13 @@ class SavedModelRunner(_Runner):
         return {name: np.asarray(value, np.float64) for name, value in self.function(**feed).items()}
 
 
-def runner_for(artifact: str, signature: str = "serving_default") -> _Runner:
+def runner_for(artifact: str, signature: str = "serving_default", threads: int | None = None) -> _Runner:
+    """A runner of `artifact` by its format; `threads` for TFLite and ONNX Runtime (None: their default)."""
     kind = artifact_format(artifact)
     if kind == "tflite":
-        return TFLiteRunner(artifact, signature)
+        return TFLiteRunner(artifact, signature, num_threads=threads)
     if kind == "onnx":
-        return OnnxRunner(artifact)
+        return OnnxRunner(artifact, threads=threads)
     return SavedModelRunner(artifact, signature)
 
 
