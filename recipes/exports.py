@@ -64,7 +64,8 @@ def cpu_has_vnni() -> bool:
 
 
 def l3_int8(source: str, target: str, reduce_range: bool | None = None) -> str:
-    """Dynamic-range int8 of the L3 ONNX graph (onnxruntime's quantize_dynamic: per-channel int8 MatMul weights).
+    """Writes dynamic-range int8 of the L3 ONNX graph at `target` (per-channel int8 MatMul weights); returns
+    the weight width used, "8-bit" or "7-bit".
 
     Without VNNI, onnxruntime's uint8 x int8 kernels add pairs of products in
     16 bits, which saturate on large activations and weights (a toy MatMul's
@@ -92,4 +93,4 @@ def l3_int8(source: str, target: str, reduce_range: bool | None = None) -> str:
                              reduce_range=reduce_range)
         finally:
             logging.disable(logging.NOTSET)
-    return target
+    return "7-bit" if reduce_range else "8-bit"

@@ -587,9 +587,7 @@ class CompressRun(pipeline_lib.StagedJob):
             bar.update(len(sources) + 1)
             l3_weights = None
             if "minilm_l3_int8" in files:
-                reduce_range = not exports.cpu_has_vnni()
-                exports.l3_int8(files["minilm_l3_fp32"], files["minilm_l3_int8"], reduce_range=reduce_range)
-                l3_weights = "7-bit" if reduce_range else "8-bit"
+                l3_weights = exports.l3_int8(files["minilm_l3_fp32"], files["minilm_l3_int8"])
             keras_path = os.path.join(self.dir, "compressed_encoder.keras")
             exports.encoder_view(final).save(keras_path)
             extra = self._extra_exports(self.models["compressed"])

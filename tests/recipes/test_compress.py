@@ -380,7 +380,8 @@ def test_l3_int8_quantizes_from_a_private_copy_and_keeps_the_numbers(tmp_path, m
     original = quantization.quantize_dynamic
     monkeypatch.setattr(quantization, "quantize_dynamic", lambda path, *a, **k: inputs.append(path) or
                         original(path, *a, **k))
-    target = exports.l3_int8(source, str(tmp_path / "out" / "int8.onnx"))
+    target = str(tmp_path / "out" / "int8.onnx")
+    assert exports.l3_int8(source, target) == ("8-bit" if exports.cpu_has_vnni() else "7-bit")
     assert inputs and os.path.dirname(os.path.abspath(inputs[0])) != str(source_dir)
     assert os.listdir(source_dir) == ["model.onnx"] and os.listdir(tmp_path / "out") == ["int8.onnx"]
     x = rng.standard_normal((4, 16)).astype("float32")
@@ -402,7 +403,7 @@ def test_l3_int8_takes_7_bit_weights_exactly_where_the_cpu_lacks_vnni(tmp_path, 
                         original(*a, **k))
     for vnni in (True, False):
         monkeypatch.setattr(exports, "cpu_has_vnni", lambda: vnni)
-        exports.l3_int8(source, str(tmp_path / f"vnni_{vnni}.onnx"))
+        assert exports.l3_int8(source, str(tmp_path / f"vnni_{vnni}.onnx")) == ("8-bit" if vnni else "7-bit")
     assert chosen == [False, True]
     # 7-bit weights keep every pair sum in 16 bits on any x86 kernel: within 7-bit rounding of numpy's product.
     x = np.random.default_rng(2).standard_normal((4, 16)).astype("float32")
