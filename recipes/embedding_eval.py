@@ -165,6 +165,22 @@ def probe_accuracies(embeddings: dict, labels: dict, folds: int, l2: float) -> d
             for name in labels}
 
 
+def probe_difference(a: dict, b: dict, labels: dict, folds: int, l2: float) -> dict:
+    """Mean probe accuracy of embeddings `a` minus `b` (same sentences), with its paired bootstrap interval.
+
+    {"difference", "low", "high", "examples", "per_set": {set: difference}}; see
+    `tfreparam.fidelity.paired_accuracy_difference`.
+    """
+    from tfreparam import fidelity
+
+    names = sorted(labels)
+    answers = {side: [fidelity.probe_correct(e["probes"][n], labels[n], folds=folds, l2=l2) for n in names]
+               for side, e in (("a", a), ("b", b))}
+    out = fidelity.paired_accuracy_difference(answers["a"], answers["b"])
+    out["per_set"] = {n: float(np.mean(x) - np.mean(y)) for n, x, y in zip(names, answers["a"], answers["b"])}
+    return out
+
+
 def quality(reference: dict, candidate: dict, labels: dict, folds: int, l2: float, probe: bool = True) -> dict:
     """The report's figures for one model's embeddings against the original's (see the module docstring)."""
     from tfreparam import fidelity

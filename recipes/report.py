@@ -137,7 +137,8 @@ def metrics(run) -> dict:
     for name in ("magnitude prune", "qat"):
         if name in r:
             m[name.replace(" ", "_")] = {k: v for k, v in r[name].items() if not k.startswith("_")}
-    m["verdict"] = verdict(by_key, m["probes"])
+    m["probe_differences"] = probe_differences(run)
+    m["verdict"] = verdict(by_key, m["probes"], m["probe_differences"].get("ours_int8_minus_layer_drop_int8"))
     m["targets"] = targets(m)
     return m
 
@@ -200,11 +201,41 @@ def _baselines(run, by_key) -> dict:
     return out
 
 
-def verdict(by_key, probes: dict | None = None) -> dict:
+def probe_differences(run) -> dict:
+    """Our int8 file's mean probe accuracy minus the original's and the layer drop's, with paired intervals.
+
+    From the embeddings the evaluate stage stored (the same sentences and folds for every model), so the
+    differences are exactly those of the probe table; the intervals say whether a difference of a point or
+    two is more than the choice of probe sentences explains.
+    """
+    from recipes import embedding_eval
+
+    labels, s = run.eval_sets.labels, run.s
+    if not labels:
+        return {}
+    stored = lambda name: run._path("evaluate", f"{name}.npz")  # noqa: E731
+    ours = embedding_eval.load(stored("compressed_int8"))
+    out = {"ours_int8_minus_original": embedding_eval.probe_difference(ours, run.reference_embeddings, labels,
+                                                                       s.probe_folds, s.probe_l2)}
+    if os.path.isfile(stored("layer_drop_int8")):
+        out["ours_int8_minus_layer_drop_int8"] = embedding_eval.probe_difference(
+            ours, embedding_eval.load(stored("layer_drop_int8")), labels, s.probe_folds, s.probe_l2)
+    return out
+
+
+def _points(d: dict) -> str:
+    """A probe difference in points with its interval: '-1.2 points (95 % interval -2.4 to +0.1)'."""
+    return (f"{100 * d['difference']:+.1f} points (95 % interval {100 * d['low']:+.1f} to {100 * d['high']:+.1f}, "
+            f"{d['examples']:,} sentences)")
+
+
+def verdict(by_key, probes: dict | None = None, probe_difference: dict | None = None) -> dict:
     """Does ours (int8) beat layer drop (int8): higher cosine and probe at equal or lower latency?
 
     `probes` ({set: {model: accuracy}}, metrics' "probes"): with more than one probe set, the text gives each
-    set's figures too, so a reader sees which set decides the mean.
+    set's figures too, so a reader sees which set decides the mean. `probe_difference` (`probe_differences`'
+    entry against the layer drop): the text quotes it with its interval. The verdict itself compares the
+    accuracies as measured; the interval only tells the reader how far to trust a small gap.
     """
     ours, drop = by_key.get("compressed_int8"), by_key.get("layer_drop_int8")
     if ours is None or drop is None:
@@ -220,7 +251,8 @@ def verdict(by_key, probes: dict | None = None) -> dict:
                + (f", probe {ours['probe']:.3f} against {drop['probe']:.3f}"
                   if ours["probe"] is not None and drop["probe"] is not None else "")
                + (" (" + ", ".join(f"{name} {a:.3f} against {b:.3f}" for name, a, b in per_set) + ")"
-                  if len(per_set) > 1 else ""))
+                  if len(per_set) > 1 else "")
+               + (f"; probe difference {_points(probe_difference)}" if probe_difference else ""))
     if faster and cosine and probe:
         text = f"Our int8 model beats the layer-drop baseline: {figures}, at {speed}."
     else:
@@ -314,6 +346,12 @@ def _report_lines(m: dict) -> list[str]:
         for name, p in m["probes"].items():
             lines.append(f"| {name} | {counts['probe'].get(name, '—')} | {p['original']:.3f} | "
                          + " | ".join(_fmt(p.get(model), "{:.3f}") for model in PROBE_MODELS) + " |")
+        lines.append("")
+        names = {"ours_int8_minus_original": "the original", "ours_int8_minus_layer_drop_int8": "layer drop int8"}
+        for key, difference in m.get("probe_differences", {}).items():
+            lines.append(f"- Ours int8 minus {names[key]}, mean over the sets: {_points(difference)}; the interval "
+                         "resamples the probe sentences (paired, the same folds for both models), not the probe's "
+                         "training.")
         lines.append("")
 
     lines += ["## Baselines", ""]

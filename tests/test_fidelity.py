@@ -88,6 +88,45 @@ def test_linear_probe_separates_clusters_and_is_at_chance_on_noise():
     assert fidelity.linear_probe(noise, labels, seed=1) == fidelity.linear_probe(noise, labels, seed=1)
 
 
+def test_probe_correct_is_the_per_example_form_of_linear_probe():
+    rng = np.random.default_rng(5)
+    labels = [i % 3 for i in range(90)]
+    x = 2.0 * np.eye(3)[labels] @ rng.normal(size=(3, 6)) + rng.normal(size=(90, 6))
+    correct = fidelity.probe_correct(x, labels, folds=3, l2=0.1)
+    assert correct.dtype == bool and correct.shape == (90,)
+    assert fidelity.linear_probe(x, labels, folds=3, l2=0.1) == correct.mean()
+
+
+def test_paired_accuracy_difference_against_closed_forms():
+    # Always right against always wrong: a difference of exactly 1 whatever is resampled.
+    assert fidelity.paired_accuracy_difference(np.ones(50, bool), np.zeros(50, bool)) == {
+        "difference": 1.0, "low": 1.0, "high": 1.0, "examples": 50}
+    # Independent answers: the bootstrap interval is ~ ±1.96 standard errors of the mean paired difference.
+    rng = np.random.default_rng(6)
+    a, b = rng.random(4000) < 0.6, rng.random(4000) < 0.55
+    d = a.astype(float) - b.astype(float)
+    result = fidelity.paired_accuracy_difference(a, b, draws=4000)
+    assert result["difference"] == pytest.approx(d.mean())
+    half_width = 1.96 * d.std() / np.sqrt(len(d))
+    assert (result["high"] - result["low"]) / 2 == pytest.approx(half_width, rel=0.1)
+    assert result["low"] < d.mean() < result["high"]
+    # Pairing matters: b = a with 2 % of answers flipped differs by little, and the interval is narrow.
+    flipped = a.copy()
+    flipped[:80] = ~flipped[:80]
+    narrow = fidelity.paired_accuracy_difference(a, flipped)
+    assert narrow["high"] - narrow["low"] < 0.25 * (result["high"] - result["low"])
+    # Several sets: the mean of the per-set differences (as a mean probe accuracy is).
+    two = fidelity.paired_accuracy_difference([np.ones(10, bool), a], [np.zeros(10, bool), b])
+    assert two["difference"] == pytest.approx((1.0 + d.mean()) / 2) and two["examples"] == 4010
+
+
+def test_paired_accuracy_difference_checks_its_inputs():
+    with pytest.raises(ValueError, match="same non-empty example sets"):
+        fidelity.paired_accuracy_difference(np.ones(5, bool), np.ones(4, bool))
+    with pytest.raises(ValueError, match="level must be in"):
+        fidelity.paired_accuracy_difference(np.ones(5, bool), np.ones(5, bool), level=1.5)
+
+
 def test_linear_probe_checks_its_inputs():
     with pytest.raises(ValueError, match="one label per embedding row"):
         fidelity.linear_probe(np.zeros((4, 2)), ["a", "b"])

@@ -7,7 +7,9 @@
   neighbours that stay among its 10 nearest).
 * `linear_probe`: k-fold accuracy of a multinomial logistic regression (L2)
   trained on sentence embeddings: how much of a labelled task the embedding
-  space still carries (`logistic_regression` fits one).
+  space still carries (`logistic_regression` fits one). `probe_correct`
+  gives its per-example answers, and `paired_accuracy_difference` compares
+  two models on the same examples with a bootstrap interval.
 * `mean_pooled`: sentence embeddings as sentence-transformers pools them
   (mean of `sequence_output` over real tokens).
 * `mlm_accuracy`: masked-token accuracy of a network with an MLM head, on
@@ -206,12 +208,15 @@ def fold_indices(n: int, folds: int, seed: int = 0) -> np.ndarray:
     return fold
 
 
-def linear_probe(embeddings, labels, folds: int = 5, l2: float = 1e-2, max_iter: int = 300, seed: int = 0) -> float:
-    """k-fold cross-validated accuracy of `logistic_regression` on `embeddings` (standardised per fold).
+def probe_correct(embeddings, labels, folds: int = 5, l2: float = 1e-2, max_iter: int = 300,
+                  seed: int = 0) -> np.ndarray:
+    """Per example, whether `linear_probe`'s cross-validated classifier gets its label right (bool array).
 
-    Labels may be any hashable values; the folds depend only on `seed` and
-    the number of examples, so two embedding sets of the same sentences are
-    probed on the same folds.
+    Each example is predicted by the classifier fitted on the other folds
+    (features standardised on those folds). The folds depend only on `seed`
+    and the number of examples, so two embedding sets of the same sentences
+    are probed on the same folds and their answers pair up, example by
+    example (`paired_accuracy_difference`).
     """
     x = np.asarray(embeddings, np.float64)
     names = sorted(set(labels))
@@ -223,7 +228,7 @@ def linear_probe(embeddings, labels, folds: int = 5, l2: float = 1e-2, max_iter:
     index = {name: i for i, name in enumerate(names)}
     y = np.array([index[label] for label in labels])
     fold = fold_indices(len(y), folds, seed)
-    correct = 0
+    correct = np.zeros(len(y), bool)
     for f in range(folds):
         train, test = fold != f, fold == f
         mean, std = x[train].mean(0), x[train].std(0) + 1e-8
@@ -232,5 +237,47 @@ def linear_probe(embeddings, labels, folds: int = 5, l2: float = 1e-2, max_iter:
         scores = ((x[test] - mean) / std) @ weights + bias
         if weights.shape[1] < len(names):
             scores = np.concatenate([scores, np.full((scores.shape[0], len(names) - weights.shape[1]), -np.inf)], 1)
-        correct += int(np.sum(scores.argmax(1) == y[test]))
-    return correct / len(y)
+        correct[test] = scores.argmax(1) == y[test]
+    return correct
+
+
+def linear_probe(embeddings, labels, folds: int = 5, l2: float = 1e-2, max_iter: int = 300, seed: int = 0) -> float:
+    """k-fold cross-validated accuracy of `logistic_regression` on `embeddings` (standardised per fold).
+
+    Labels may be any hashable values; the folds depend only on `seed` and
+    the number of examples, so two embedding sets of the same sentences are
+    probed on the same folds.
+    """
+    return float(np.mean(probe_correct(embeddings, labels, folds, l2, max_iter, seed)))
+
+
+def paired_accuracy_difference(correct_a, correct_b, draws: int = 2000, level: float = 0.95,
+                               seed: int = 0) -> dict:
+    """Accuracy of a minus accuracy of b on the same examples, with a paired bootstrap interval.
+
+    `correct_a`, `correct_b`: per-example correctness (bool arrays of one
+    length), or lists of such pairs, one per labelled set: the difference is
+    then the mean over sets of each set's difference (as a mean probe
+    accuracy is), each set resampled on its own. The interval resamples
+    examples only: it shows whether a difference is larger than what the
+    choice of sentences explains, not the spread of retraining the probe.
+    Returns {"difference", "low", "high", "examples"}.
+    """
+    sets_a = [correct_a] if np.ndim(correct_a[0]) == 0 else list(correct_a)
+    sets_b = [correct_b] if np.ndim(correct_b[0]) == 0 else list(correct_b)
+    if len(sets_a) != len(sets_b) or any(np.shape(a) != np.shape(b) or np.size(a) == 0
+                                         for a, b in zip(sets_a, sets_b)):
+        raise ValueError("paired_accuracy_difference needs the same non-empty example sets for both models; got "
+                         f"sizes {[np.size(a) for a in sets_a]} and {[np.size(b) for b in sets_b]}.")
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}.")
+    rng = np.random.default_rng(seed)
+    point, resampled = 0.0, np.zeros(draws)
+    for a, b in zip(sets_a, sets_b):
+        delta = np.asarray(a, np.float64) - np.asarray(b, np.float64)
+        point += delta.mean()
+        resampled += delta[rng.integers(0, len(delta), size=(draws, len(delta)))].mean(1)
+    point, resampled = point / len(sets_a), resampled / len(sets_a)
+    low, high = np.quantile(resampled, [(1 - level) / 2, (1 + level) / 2])
+    return {"difference": float(point), "low": float(low), "high": float(high),
+            "examples": int(sum(np.size(a) for a in sets_a))}

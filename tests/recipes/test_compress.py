@@ -75,6 +75,19 @@ def test_metrics_have_the_issue_keys(first_run):
     assert metrics["heldout_domain_cosine_min"] == min(v["cosine_min"] for v in per_domain.values())
 
 
+def test_probe_differences_are_those_of_the_probe_table(first_run):
+    """Recomputed per sentence from the stored embeddings, they equal the table's accuracies' differences."""
+    _, metrics, _ = first_run
+    rows = {row["key"]: row for row in metrics["models"]}
+    against = {"ours_int8_minus_original": "original_fp32", "ours_int8_minus_layer_drop_int8": "layer_drop_int8"}
+    assert set(metrics["probe_differences"]) == set(against)
+    for key, other in against.items():
+        d = metrics["probe_differences"][key]
+        assert d["difference"] == pytest.approx(rows["compressed_int8"]["probe"] - rows[other]["probe"], abs=1e-12)
+        assert d["low"] <= d["difference"] <= d["high"]
+        assert d["examples"] == sum(metrics["sentences"]["probe"].values())
+
+
 def test_the_structure_was_pruned_to_the_latency_budget(first_run):
     settings, metrics, _ = first_run
     structure = metrics["structure"]
@@ -342,6 +355,9 @@ def test_the_verdict_names_each_probe_set_when_the_mean_decides():
     assert report.verdict(by_key, probes)["beats_layer_drop"] is True
     by_key["compressed_int8"]["latency_ms"] = 1.56 * 1.06  # more than 5 % slower
     assert "it is slower" in report.verdict(by_key)["text"]
+    difference = {"difference": -0.0123, "low": -0.0241, "high": 0.0004, "examples": 4000}
+    assert ("probe difference -1.2 points (95 % interval -2.4 to +0.0, 4,000 sentences)"
+            in report.verdict(by_key, probes, difference)["text"])
 
 
 def _matmul_onnx(path: str, weight: np.ndarray) -> str:
