@@ -165,19 +165,25 @@ def probe_accuracies(embeddings: dict, labels: dict, folds: int, l2: float) -> d
             for name in labels}
 
 
-def probe_difference(a: dict, b: dict, labels: dict, folds: int, l2: float) -> dict:
-    """Mean probe accuracy of embeddings `a` minus `b` (same sentences), with its paired bootstrap interval.
+def probe_answers(embeddings: dict, labels: dict, folds: int, l2: float) -> dict:
+    """{set: per-sentence bool array}: whether the cross-validated probe labels each probe sentence right."""
+    from tfreparam import fidelity
+
+    return {name: fidelity.probe_correct(embeddings["probes"][name], labels[name], folds=folds, l2=l2)
+            for name in sorted(labels)}
+
+
+def probe_difference(a: dict, b: dict) -> dict:
+    """Mean probe accuracy of answers `a` minus `b` (`probe_answers` of two models), with a paired interval.
 
     {"difference", "low", "high", "examples", "per_set": {set: difference}}; see
     `tfreparam.fidelity.paired_accuracy_difference`.
     """
     from tfreparam import fidelity
 
-    names = sorted(labels)
-    answers = {side: [fidelity.probe_correct(e["probes"][n], labels[n], folds=folds, l2=l2) for n in names]
-               for side, e in (("a", a), ("b", b))}
-    out = fidelity.paired_accuracy_difference(answers["a"], answers["b"])
-    out["per_set"] = {n: float(np.mean(x) - np.mean(y)) for n, x, y in zip(names, answers["a"], answers["b"])}
+    names = sorted(a)
+    out = fidelity.paired_accuracy_difference([a[n] for n in names], [b[n] for n in names])
+    out["per_set"] = {n: float(np.mean(a[n]) - np.mean(b[n])) for n in names}
     return out
 
 

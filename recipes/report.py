@@ -213,18 +213,21 @@ def probe_differences(run) -> dict:
     labels, s = run.eval_sets.labels, run.s
     if not labels:
         return {}
+
+    def answers(embeddings):
+        return embedding_eval.probe_answers(embeddings, labels, s.probe_folds, s.probe_l2)
+
     stored = lambda name: run._path("evaluate", f"{name}.npz")  # noqa: E731
-    ours = embedding_eval.load(stored("compressed_int8"))
-    out = {"ours_int8_minus_original": embedding_eval.probe_difference(ours, run.reference_embeddings, labels,
-                                                                       s.probe_folds, s.probe_l2)}
+    ours = answers(embedding_eval.load(stored("compressed_int8")))
+    out = {"ours_int8_minus_original": embedding_eval.probe_difference(ours, answers(run.reference_embeddings))}
     if os.path.isfile(stored("layer_drop_int8")):
         out["ours_int8_minus_layer_drop_int8"] = embedding_eval.probe_difference(
-            ours, embedding_eval.load(stored("layer_drop_int8")), labels, s.probe_folds, s.probe_l2)
+            ours, answers(embedding_eval.load(stored("layer_drop_int8"))))
     return out
 
 
 def _points(d: dict) -> str:
-    """A probe difference in points with its interval: '-1.2 points (95 % interval -2.4 to +0.1)'."""
+    """A probe difference in points with its interval: '-1.2 points (95 % interval -2.4 to +0.1, 4,000 sentences)'."""
     return (f"{100 * d['difference']:+.1f} points (95 % interval {100 * d['low']:+.1f} to {100 * d['high']:+.1f}, "
             f"{d['examples']:,} sentences)")
 

@@ -123,6 +123,8 @@ def test_paired_accuracy_difference_against_closed_forms():
 def test_paired_accuracy_difference_checks_its_inputs():
     with pytest.raises(ValueError, match="same non-empty example sets"):
         fidelity.paired_accuracy_difference(np.ones(5, bool), np.ones(4, bool))
+    with pytest.raises(ValueError, match="same non-empty example sets"):
+        fidelity.paired_accuracy_difference([], [])
     with pytest.raises(ValueError, match="level must be in"):
         fidelity.paired_accuracy_difference(np.ones(5, bool), np.ones(5, bool), level=1.5)
 

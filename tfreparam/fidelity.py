@@ -263,9 +263,8 @@ def paired_accuracy_difference(correct_a, correct_b, draws: int = 2000, level: f
     choice of sentences explains, not the spread of retraining the probe.
     Returns {"difference", "low", "high", "examples"}.
     """
-    sets_a = [correct_a] if np.ndim(correct_a[0]) == 0 else list(correct_a)
-    sets_b = [correct_b] if np.ndim(correct_b[0]) == 0 else list(correct_b)
-    if len(sets_a) != len(sets_b) or any(np.shape(a) != np.shape(b) or np.size(a) == 0
+    sets_a, sets_b = ([x] if len(x) and np.ndim(x[0]) == 0 else list(x) for x in (correct_a, correct_b))
+    if not sets_a or len(sets_a) != len(sets_b) or any(np.shape(a) != np.shape(b) or np.size(a) == 0
                                          for a, b in zip(sets_a, sets_b)):
         raise ValueError("paired_accuracy_difference needs the same non-empty example sets for both models; got "
                          f"sizes {[np.size(a) for a in sets_a]} and {[np.size(b) for b in sets_b]}.")
