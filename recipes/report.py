@@ -489,23 +489,33 @@ def plot_pareto(report_dir: str, metrics: dict) -> list[str]:
 
 
 def plot_sweep(path: str, rows: list[dict]) -> None:
-    """Held-out-domain cosine (and layer drop's where measured) against measured int8 speed-up."""
+    """Held-out-domain cosine and probe accuracy against measured int8 speed-up: ours, layer drop, the original."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    points = sorted((r["speedup"], r["heldout_domain_cosine"]) for r in rows if r.get("speedup"))
-    ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label="ours (fp32 figures)")
-    drops = sorted((r["layer_drop_speedup"], r["layer_drop_cosine"]) for r in rows if r.get("layer_drop_speedup"))
-    if drops:
-        ax.plot([p[0] for p in drops], [p[1] for p in drops], marker="s", linestyle="--", label="layer drop")
-    ax.set_xlabel("int8 speed-up over the original's int8 (measured)")
-    ax.set_ylabel("held-out-domain cosine")
-    ax.set_ylim(0, 1)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    probes = any(r.get("probe_int8") is not None for r in rows)
+    fig, axes = plt.subplots(1, 2 if probes else 1, figsize=(11 if probes else 6, 4), squeeze=False)
+    panels = [("heldout_domain_cosine", "layer_drop_cosine", "held-out-domain cosine")]
+    if probes:
+        panels.append(("probe_int8", "layer_drop_probe_int8", "held-out-domain probe accuracy (int8 files)"))
+    for ax, (ours_key, drop_key, label) in zip(axes[0], panels):
+        points = sorted((r["speedup"], r[ours_key]) for r in rows if r.get("speedup") and r.get(ours_key) is not None)
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label="ours")
+        drops = sorted((r["layer_drop_speedup"], r[drop_key]) for r in rows
+                       if r.get("layer_drop_speedup") and r.get(drop_key) is not None)
+        if drops:
+            ax.plot([p[0] for p in drops], [p[1] for p in drops], marker="s", linestyle="--", label="layer drop")
+        original = [r["probe_original_int8"] for r in rows if r.get("probe_original_int8") is not None]
+        if ours_key == "probe_int8" and original:
+            ax.axhline(sum(original) / len(original), color="grey", linestyle=":", label="original int8 (1.00x)")
+        ax.set_xlabel("int8 speed-up over the original's int8 (measured)")
+        ax.set_ylabel(label)
+        if ours_key == "heldout_domain_cosine":
+            ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -39,12 +39,45 @@ COLUMNS = ("heldout_domain_cosine", "heldout_domain_cosine_min", "heldout_domain
 
 
 def _row(value, metrics: dict) -> dict:
+    """One run's line: ours (int8 file) beside the layer drop matched to its speed and the original's int8."""
+    baselines = metrics.get("baselines", {})
     row = {"value": value, **{k: metrics.get(k) for k in COLUMNS[:5]}, "speedup": metrics.get("compressed_int8_speedup")}
-    drop = metrics.get("baselines", {}).get("layer_drop")
+    row["probe_int8"] = metrics.get("probe_accuracy_compressed_int8")
+    row["latency_ms"] = metrics.get("latency_ms", {}).get("compressed_int8")
+    row["probe_original_int8"] = baselines.get("int8", {}).get("probe_accuracy")
+    drop = baselines.get("layer_drop")
+    row["layer_drop_blocks"] = drop["keep_blocks"] if drop else None
     row["layer_drop_cosine"] = drop["heldout_domain_cosine"] if drop else None
+    row["layer_drop_probe_int8"] = drop["int8"]["probe"] if drop else None
+    row["layer_drop_latency_ms"] = drop["int8"]["latency_ms"] if drop else None
     row["layer_drop_speedup"] = drop["int8"]["speedup"] if drop else None
+    row["probe_minus_layer_drop"] = metrics.get("probe_differences", {}).get("ours_int8_minus_layer_drop_int8")
     row["beats_layer_drop"] = metrics.get("verdict", {}).get("beats_layer_drop")
     return row
+
+
+def _table(rows: list[dict], knob: str) -> str:
+    """sweep.md's table: each run's model beside its speed-matched layer drop, then the original's probe."""
+    fmt = lambda v, p="{:.4f}": "—" if v is None else p.format(v)  # noqa: E731
+    lines = [f"| {knob} | held-out cosine | min | NN top-1 | in-domain cosine | probe (int8) | int8 ms | speed-up | "
+             "layer drop: blocks | cosine | probe (int8) | ms | speed-up | probe, ours − layer drop (95 %) | "
+             "beats it |", "|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        d = r["probe_minus_layer_drop"]
+        gap = "—" if not d else (f"{100 * d['difference']:+.1f} points ({100 * d['low']:+.1f} to "
+                                 f"{100 * d['high']:+.1f})")
+        blocks = "—" if r["layer_drop_blocks"] is None else ", ".join(map(str, r["layer_drop_blocks"]))
+        lines.append(f"| {r['value']:g} | {fmt(r['heldout_domain_cosine'])} | {fmt(r['heldout_domain_cosine_min'])} | "
+                     f"{fmt(r['heldout_domain_nn_agreement'], '{:.3f}')} | {fmt(r['in_domain_cosine'])} | "
+                     f"{fmt(r['probe_int8'], '{:.3f}')} | {fmt(r['latency_ms'], '{:.2f}')} | "
+                     f"{fmt(r['speedup'], '{:.2f}x')} | {blocks} | {fmt(r['layer_drop_cosine'])} | "
+                     f"{fmt(r['layer_drop_probe_int8'], '{:.3f}')} | {fmt(r['layer_drop_latency_ms'], '{:.2f}')} | "
+                     f"{fmt(r['layer_drop_speedup'], '{:.2f}x')} | {gap} | "
+                     f"{'—' if r['beats_layer_drop'] is None else ('yes' if r['beats_layer_drop'] else 'no')} |")
+    originals = sorted({round(r["probe_original_int8"], 3) for r in rows if r["probe_original_int8"] is not None})
+    if originals:  # every run times and probes the original's int8 file again; the same text gives the same figure
+        lines += ["", "The original's int8 file, probe accuracy: " + " / ".join(f"{v:.3f}" for v in originals) + "."]
+    return "\n".join(lines)
 
 
 def sweep(settings, values) -> list[dict]:
@@ -67,16 +100,7 @@ def sweep(settings, values) -> list[dict]:
     with open(os.path.join(root, "sweep.json"), "w") as f:
         json.dump(rows, f, indent=2)
     knob = "target speed-up" if structured else "budget"
-    fmt = lambda v, p="{:.4f}": "—" if v is None else p.format(v)  # noqa: E731
-    lines = [f"| {knob} | held-out cosine | min | NN top-1 | in-domain cosine | probe | int8 speed-up | "
-             "layer drop: cosine | speed-up | beats it |", "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
-    for r in rows:
-        lines.append(f"| {r['value']:g} | {fmt(r['heldout_domain_cosine'])} | {fmt(r['heldout_domain_cosine_min'])} | "
-                     f"{fmt(r['heldout_domain_nn_agreement'], '{:.3f}')} | {fmt(r['in_domain_cosine'])} | "
-                     f"{fmt(r['probe_accuracy_compressed'], '{:.3f}')} | {fmt(r['speedup'], '{:.2f}x')} | "
-                     f"{fmt(r['layer_drop_cosine'])} | {fmt(r['layer_drop_speedup'], '{:.2f}x')} | "
-                     f"{'—' if r['beats_layer_drop'] is None else ('yes' if r['beats_layer_drop'] else 'no')} |")
-    table = "\n".join(lines)
+    table = _table(rows, knob)
     with open(os.path.join(root, "sweep.md"), "w") as f:
         f.write(f"# Sweep of the {knob} (--policy={settings.policy}, {settings.distill_steps} distillation steps)\n\n"
                 f"{table}\n\n![sweep](sweep.png)\n")

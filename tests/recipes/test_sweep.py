@@ -99,3 +99,28 @@ def test_task_sweep_runs_one_task_compression_per_speedup(tmp_path_factory):
     assert "| 1.2x |" in table and "| 1.6x |" in table
     assert (report / "sweep.png").read_bytes()[:4] == b"\x89PNG"
 
+
+
+def test_a_row_sets_ours_beside_its_layer_drop_and_the_original(tmp_path):
+    # A structured run's metrics (the fields compress writes), made by hand: the row and table carry them as given.
+    metrics = {"heldout_domain_cosine": 0.93, "heldout_domain_cosine_min": 0.66, "heldout_domain_nn_agreement": 0.57,
+               "in_domain_cosine": 0.95, "probe_accuracy_compressed": 0.572, "probe_accuracy_compressed_int8": 0.571,
+               "compressed_int8_speedup": 1.43, "latency_ms": {"compressed_int8": 3.51},
+               "baselines": {"int8": {"probe_accuracy": 0.588},
+                             "layer_drop": {"keep_blocks": [0, 1, 2, 3], "heldout_domain_cosine": 0.706,
+                                            "int8": {"probe": 0.585, "latency_ms": 3.31, "speedup": 1.52}}},
+               "probe_differences": {"ours_int8_minus_layer_drop_int8": {"difference": -0.014, "low": -0.029,
+                                                                         "high": 0.0, "examples": 3318}},
+               "verdict": {"beats_layer_drop": False}}
+    row = sweep._row(1.45, metrics)
+    assert (row["probe_int8"], row["latency_ms"], row["probe_original_int8"]) == (0.571, 3.51, 0.588)
+    assert (row["layer_drop_blocks"], row["layer_drop_probe_int8"], row["layer_drop_latency_ms"]) == ([0, 1, 2, 3],
+                                                                                                      0.585, 3.31)
+    line = sweep._table([row], "target speed-up").splitlines()[2]
+    assert line.startswith("| 1.45 | 0.9300 | 0.6600 | 0.570 | 0.9500 | 0.571 | 3.51 | 1.43x | 0, 1, 2, 3 | 0.7060 |")
+    assert line.endswith("| 0.585 | 3.31 | 1.52x | -1.4 points (-2.9 to +0.0) | no |")
+    assert "original's int8 file, probe accuracy: 0.588" in sweep._table([row], "target speed-up")
+    from recipes import report
+
+    report.plot_sweep(str(tmp_path / "sweep.png"), [row])  # both panels: cosine, and probe with the original's line
+    assert (tmp_path / "sweep.png").read_bytes()[:4] == b"\x89PNG"
