@@ -497,7 +497,7 @@ def plot_sweep(path: str, rows: list[dict]) -> None:
 
     probes = any(r.get("probe_int8") is not None for r in rows)
     fig, axes = plt.subplots(1, 2 if probes else 1, figsize=(11 if probes else 6, 4), squeeze=False)
-    panels = [("heldout_domain_cosine", "layer_drop_cosine", "held-out-domain cosine")]
+    panels = [("heldout_domain_cosine", "layer_drop_cosine", "held-out-domain cosine (Keras fp32 models)")]
     if probes:
         panels.append(("probe_int8", "layer_drop_probe_int8", "held-out-domain probe accuracy (int8 files)"))
     for ax, (ours_key, drop_key, label) in zip(axes[0], panels):

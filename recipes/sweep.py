@@ -77,8 +77,10 @@ def _table(rows: list[dict], knob: str) -> str:
                      f"{fmt(r['layer_drop_speedup'], '{:.2f}x')} | {gap} | "
                      f"{'—' if r['beats_layer_drop'] is None else ('yes' if r['beats_layer_drop'] else 'no')} |")
     originals = sorted({round(r["probe_original_int8"], 3) for r in rows if r["probe_original_int8"] is not None})
+    lines += ["", "Cosine, min, NN top-1 and in-domain cosine: the Keras (fp32) models; probe, ms and speed-up: the "
+              "int8 files."]
     if originals:  # every run times and probes the original's int8 file again; the same text gives the same figure
-        lines += ["", "The original's int8 file, probe accuracy: " + " / ".join(f"{v:.3f}" for v in originals) + "."]
+        lines[-1] += " The original's int8 file, probe accuracy: " + " / ".join(f"{v:.3f}" for v in originals) + "."
     return "\n".join(lines)
 
 

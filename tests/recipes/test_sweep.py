@@ -119,7 +119,7 @@ def test_a_row_sets_ours_beside_its_layer_drop_and_the_original(tmp_path):
     line = sweep._table([row], "target speed-up").splitlines()[2]
     assert line.startswith("| 1.45 | 0.9300 | 0.6600 | 0.570 | 0.9500 | 0.571 | 3.51 | 1.43x | 0, 1, 2, 3 | 0.7060 |")
     assert line.endswith("| 0.585 | 3.31 | 1.52x | -1.4 points (-2.9 to +0.0) | no |")
-    assert "original's int8 file, probe accuracy: 0.588" in sweep._table([row], "target speed-up")
+    assert sweep._table([row], "target speed-up").endswith("The original's int8 file, probe accuracy: 0.588.")
     from recipes import report
 
     report.plot_sweep(str(tmp_path / "sweep.png"), [row])  # both panels: cosine, and probe with the original's line
