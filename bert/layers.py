@@ -175,12 +175,14 @@ class AttentionMath(keras.layers.Layer):
 
     def call(self, inputs, training=None):
         query, key, value, mask = inputs
-        hidden = query.shape[-1]
-        head_size = hidden // self.num_heads
+        # Query/key heads and value heads may differ in width (heads narrowed by a per-head low-rank
+        # factorization): scores use the query width, the context has the value width.
+        head_size = query.shape[-1] // self.num_heads
+        value_width = value.shape[-1]
         scaled = self._apply_hook("scaled_query", query * tf.cast(1.0 / math.sqrt(head_size), query.dtype))
         q = self._split_heads(scaled, head_size)
         k = self._split_heads(key, head_size)
-        v = self._split_heads(value, head_size)
+        v = self._split_heads(value, value_width // self.num_heads)
         scores = self._apply_hook("scores", tf.cast(tf.matmul(q, k, transpose_b=True), tf.float32))
         masked_logits = self.quantize_hooks.get("masked_logits")
         if masked_logits is None:
@@ -192,7 +194,7 @@ class AttentionMath(keras.layers.Layer):
         context = tf.matmul(self._dropout_layer(tf.cast(probs, v.dtype), training=training), v)
         context = self._apply_hook("context", context)
         context = tf.transpose(context, (0, 2, 1, 3))
-        context = tf.reshape(context, (tf.shape(query)[0], tf.shape(query)[1], hidden))
+        context = tf.reshape(context, (tf.shape(query)[0], tf.shape(query)[1], value_width))
         if self.return_probs:
             return context, probs
         return context

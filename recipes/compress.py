@@ -41,7 +41,7 @@ _D = CompressSettings()
 def _flag(kind, name, help_text, default=None, **kwargs):
     default = getattr(_D, name) if default is None and hasattr(_D, name) else default
     if kind == "list" and default is not None:
-        default = list(default)
+        default = [str(v) for v in default]
     return getattr(flags, f"DEFINE_{kind}")(name=name, default=default, help=help_text, flag_values=FLAGS, **kwargs)
 
 
@@ -54,8 +54,11 @@ _flag("float", "target_speedup", "Structured: wanted batch-1 int8 speed-up over 
       "path: wanted batch-1 fp32 speed-up of the student over the teacher. Resolved against latency measured on "
       "this machine.")
 _flag("float", "speedup_margin", "Aim this much above --target_speedup (the latency model's error).")
+_flag("list", "head_widths", "Structured: query/key and value/output width of every kept head, e.g. 8,24 (of "
+      "MiniLM's 32), from a whitened per-head SVD of the trained weights; 'auto': a quarter and three quarters of "
+      "the head size; 'full' keeps heads whole.", default=["auto"])
 _flag("float", "min_head_share", "Structured: share of each block's attention heads it always keeps (rounded up, at "
-      "least one); the search chooses the rest.")
+      "least one); the search chooses the rest. Below 1, heads are also removed.")
 _flag("list", "drop_blocks", "Structured: blocks to remove whole before heads and neurons are searched, e.g. 4 "
       "(never the last); the search spends their latency on the other blocks.")
 _flag("enum", "importance", "Output whose sensitivity ranks heads and neurons: 'sequence' (token states), "

@@ -22,9 +22,15 @@ default: under contention a multi-threaded call waits on a busy core.
 FFN neurons removed, half the blocks dropped) against the original in int8
 and fits, by non-negative least squares,
 
-    t / t(original) = constant + per_block · blocks + per_head · heads + per_neuron · neurons
+    t / t(original) = constant + per_block · blocks + per_head · heads + per_head_width · widths
+                      + per_neuron · neurons
 
-so a target speed-up becomes a budget of heads and neurons
+where `widths` counts kept heads weighted by their width ((query/key + value
+width) / twice the head size: a whole head is 1, `narrowing.narrow_heads` to
+8/24 of 32 is 0.5); a head's softmax costs the same however narrow it is, its
+projections and products shrink with it. The narrowed structure is timed only
+when the job narrows heads (otherwise heads and widths are one column). So a
+target speed-up becomes a budget of heads and neurons
 (`tfreparam.sparsity.search_structure`) and a layer-drop depth can be
 matched to a pruned model's speed.
 """
@@ -150,10 +156,18 @@ class LatencyModel:
     per_block: float
     per_head: float
     per_neuron: float
-    points: list  # [{"structure", "blocks", "heads", "neurons", "measured", "predicted"}]
+    points: list  # [{"structure", "blocks", "heads", "neurons", "head_widths", "measured", "predicted"}]
+    per_head_width: float = 0.0
 
-    def ratio(self, blocks: int, heads: int, neurons: int) -> float:
-        return self.constant + self.per_block * blocks + self.per_head * heads + self.per_neuron * neurons
+    def ratio(self, blocks: int, heads: int, neurons: int, head_widths: float | None = None) -> float:
+        """Predicted t / t(original); `head_widths` as in the module docstring (default: whole heads)."""
+        widths = heads if head_widths is None else head_widths
+        return (self.constant + self.per_block * blocks + self.per_head * heads + self.per_head_width * widths
+                + self.per_neuron * neurons)
+
+    def head_cost(self, width_share: float = 1.0) -> float:
+        """The predicted time of one kept head whose width is `width_share` of a whole head's."""
+        return self.per_head + self.per_head_width * width_share
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -184,9 +198,15 @@ def fit_nonnegative(features: np.ndarray, targets: np.ndarray) -> np.ndarray:
     return best[1]
 
 
-def probe_structures(num_blocks: int, heads: int, neurons: int) -> list[dict]:
-    """The structures timed for the fit: {name, keep_blocks, heads_per_block, neurons_per_block}."""
-    return [
+def probe_structures(num_blocks: int, heads: int, neurons: int, narrowed: tuple = ()) -> list[dict]:
+    """The structures timed for the fit: {name, keep_blocks, heads_per_block, neurons_per_block[, head_widths]}.
+
+    `narrowed` (query/key, value width) adds every head narrowed to those
+    widths, so the fit can tell a head's fixed cost from its width's.
+    """
+    extra = [dict(name=f"every head narrowed to {narrowed[0]}/{narrowed[1]}", keep_blocks=num_blocks,
+                  heads_per_block=heads, neurons_per_block=neurons, head_widths=tuple(narrowed))] if narrowed else []
+    return extra + [
         dict(name="half the heads and half the FFN neurons", keep_blocks=num_blocks,
              heads_per_block=max(1, heads // 2), neurons_per_block=max(1, neurons // 2)),
         dict(name="a quarter of the heads", keep_blocks=num_blocks, heads_per_block=max(1, heads // 4),
@@ -199,13 +219,20 @@ def probe_structures(num_blocks: int, heads: int, neurons: int) -> list[dict]:
 
 
 def fit_latency_model(measured: Mapping[str, float], structures: Mapping[str, tuple]) -> LatencyModel:
-    """Fits the model to {name: measured t / t(original)} of {name: (blocks, heads, neurons)} structures."""
+    """Fits the model to {name: measured t / t(original)} of {name: (blocks, heads, neurons[, head_widths])}.
+
+    Without `head_widths` a structure's heads are whole (widths = heads).
+    """
     names = list(measured)
-    features = np.array([[1.0, *structures[n]] for n in names])
+    shapes = {n: (*structures[n][:3], structures[n][3] if len(structures[n]) > 3 else structures[n][1])
+              for n in names}
+    # Columns: constant, blocks, heads, neurons, widths. With whole heads only, widths repeat heads and the
+    # fit (which prefers the earlier column on a tie) keeps per_head_width at 0.
+    features = np.array([[1.0, *shapes[n]] for n in names], np.float64)
     targets = np.array([measured[n] for n in names])
     c = fit_nonnegative(features, targets)
-    model = LatencyModel(float(c[0]), float(c[1]), float(c[2]), float(c[3]), [])
-    model.points = [{"structure": n, "blocks": int(structures[n][0]), "heads": int(structures[n][1]),
-                     "neurons": int(structures[n][2]), "measured": float(measured[n]),
-                     "predicted": float(model.ratio(*structures[n]))} for n in names]
+    model = LatencyModel(float(c[0]), float(c[1]), float(c[2]), float(c[3]), [], per_head_width=float(c[4]))
+    model.points = [{"structure": n, "blocks": int(shapes[n][0]), "heads": int(shapes[n][1]),
+                     "neurons": int(shapes[n][2]), "head_widths": float(shapes[n][3]), "measured": float(measured[n]),
+                     "predicted": float(model.ratio(*shapes[n]))} for n in names]
     return model

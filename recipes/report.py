@@ -122,7 +122,8 @@ def metrics(run) -> dict:
     if s.policy == "structured":
         m["structure"] = {k: r["prune"][k] for k in ("heads_per_block", "neurons_per_block", "retained_score",
                                                      "predicted_speedup", "aimed_speedup", "measured_speedup",
-                                                     "checks", "min_heads", "dropped_blocks") if k in r["prune"]}
+                                                     "checks", "min_heads", "dropped_blocks", "head_widths",
+                                                     "head_size") if k in r["prune"]}
         m["target_speedup"] = s.target_speedup
         if "refit" in r:
             m["refit"] = {"mean_error_before": _mean(r["refit"]["errors_before"]),
@@ -384,6 +385,12 @@ def _report_lines(m: dict) -> list[str]:
         if st.get("dropped_blocks"):
             lines += [f"Blocks {st['dropped_blocks']} of the original removed whole (--drop_blocks) before the "
                       "search; the lists below are the remaining blocks', in order.", ""]
+        if st.get("head_widths"):
+            qk, vo = st["head_widths"]
+            lines += [f"Every kept head narrowed to query/key width {qk} and value width {vo} of {st['head_size']} "
+                      "(--head_widths): each head's attention logits and value-output product replaced by their "
+                      "nearest rank on the calibration text's inputs (a whitened per-head SVD), so every head keeps "
+                      "its attention pattern in fewer dimensions.", ""]
         lines += [f"Heads kept per block: {list(st['heads_per_block'].values())}"
                   + (f" (at least {st['min_heads']} each, --min_head_share)" if st.get("min_heads", 1) > 1 else "")
                   + "; FFN neurons kept per block: "
@@ -412,7 +419,9 @@ def _report_lines(m: dict) -> list[str]:
     if lm:
         lines += ["", "Latency model fitted on this machine (int8 time relative to the original's): "
                   f"{lm['constant']:.3f} + {lm['per_block']:.4f}·blocks + {lm['per_head']:.5f}·heads + "
-                  f"{lm['per_neuron']:.2e}·neurons.", "", "| timed structure | measured | predicted |",
+                  + (f"{lm['per_head_width']:.5f}·head widths (kept heads, each weighted by its share of a whole "
+                     "head's width) + " if lm.get("per_head_width") else "")
+                  + f"{lm['per_neuron']:.2e}·neurons.", "", "| timed structure | measured | predicted |",
                   "|---|---:|---:|"]
         lines += [f"| {p['structure']} | {p['measured']:.3f} | {p['predicted']:.3f} |" for p in lm["points"]]
     if m.get("distillation"):

@@ -81,6 +81,7 @@ class CompressRun(pipeline_lib.StagedJob):
         self.results = {}
         self.models = {}
         self._teacher_cache = None
+        self._narrowed = None
 
     # -- orchestration -----------------------------------------------------------------
 
@@ -135,6 +136,9 @@ class CompressRun(pipeline_lib.StagedJob):
         self.kept_blocks = [b for b in range(self.depth) if b not in self.s.drop_blocks]
         self.base = bert.drop_blocks(self.encoder, self.kept_blocks) if self.s.drop_blocks else self.encoder
         self.min_heads = compress_settings.min_heads(self.s.min_head_share, self.config.num_heads)
+        # ("auto",) when the settings were built directly rather than from flags.
+        self.head_widths = (compress_settings.head_widths(self.s.head_widths, self.config.head_size)
+                            if self.s.policy == "structured" else ())
         self.vocab_path = os.path.join(bert.minilm_path() if self.s.model == "minilm" else self.s.model, "vocab.txt")
 
     def text(self):
@@ -204,7 +208,7 @@ class CompressRun(pipeline_lib.StagedJob):
     def latency_model(self):
         """Times probe structures (and, for factorized models, ours) against the original in int8; fits the model."""
         import bert
-        from tfreparam.sparsity import structured
+        from tfreparam.sparsity import narrowing, structured
 
         heads, neurons = self.config.num_heads, self.config.intermediate_size
 
@@ -212,9 +216,11 @@ class CompressRun(pipeline_lib.StagedJob):
             rng = np.random.default_rng(self.s.seed)
             files = {"original": self.encoder}
             shapes = {"original": (self.depth, self.depth * heads, self.depth * neurons)}
-            for probe in latency.probe_structures(self.depth, heads, neurons):
+            for probe in latency.probe_structures(self.depth, heads, neurons, narrowed=self.head_widths):
                 model = self.encoder
-                if probe["keep_blocks"] < self.depth:
+                if "head_widths" in probe:  # timing only: the plain SVD narrows as fast as the whitened one
+                    model = narrowing.narrow_heads(model, *probe["head_widths"])
+                elif probe["keep_blocks"] < self.depth:
                     model = bert.drop_blocks(model, list(range(probe["keep_blocks"])))
                 else:
                     removed_heads = {b: sorted(rng.choice(heads, heads - probe["heads_per_block"], replace=False)
@@ -225,7 +231,8 @@ class CompressRun(pipeline_lib.StagedJob):
                                                                 seq_length=self.s.seq_length).model
                 files[probe["name"]] = model
                 b = probe["keep_blocks"]
-                shapes[probe["name"]] = (b, b * probe["heads_per_block"], b * probe["neurons_per_block"])
+                shapes[probe["name"]] = (b, b * probe["heads_per_block"], b * probe["neurons_per_block"],
+                                         b * probe["heads_per_block"] * self._width_share(probe.get("head_widths")))
             if self.s.policy != "structured":
                 files["ours"] = self.models["compressed"]
             runners = {}
@@ -250,7 +257,7 @@ class CompressRun(pipeline_lib.StagedJob):
         depends = [self.calibration_key] + ([self.results["factorize"]["_key"]] if self.s.policy != "structured" else [])
         result = self._stage("latency model", fn, *depends,
                              settings=self.s.subset("model", "int8", "seq_length", "latency_rounds", "latency_threads",
-                                                    "seed"))
+                                                    "seed", "head_widths"))
         self.latency_fit = latency.LatencyModel.from_dict(result["model"])
         if "ours_ratio" in result:
             self.our_ratio = result["ours_ratio"]
@@ -274,6 +281,7 @@ class CompressRun(pipeline_lib.StagedJob):
 
         fit = self.latency_fit
         fixed = fit.constant + fit.per_block * len(self.kept_blocks)
+        head_cost = fit.head_cost(self._width_share(self.head_widths))
         aimed = self.s.target_speedup + self.s.speedup_margin
         goal = 1.0 / aimed
         # Accept a structure measured at least halfway into the margin: the final side-by-side timing has noise too.
@@ -281,7 +289,7 @@ class CompressRun(pipeline_lib.StagedJob):
 
         def select(budget):
             try:
-                return structured.search_structure(self.head_scores, self.neuron_scores, max(fit.per_head, 1e-9),
+                return structured.search_structure(self.head_scores, self.neuron_scores, max(head_cost, 1e-9),
                                                    max(fit.per_neuron, 1e-9), budget, min_heads=self.min_heads)
             except ValueError as error:
                 raise ValueError(f"--target_speedup={self.s.target_speedup}: {error} (this machine's fitted latency "
@@ -302,6 +310,7 @@ class CompressRun(pipeline_lib.StagedJob):
             return {"removed_heads": selection.removed_heads, "removed_neurons": selection.removed_neurons,
                     "heads_per_block": selection.heads_per_block, "neurons_per_block": selection.neurons_per_block,
                     "retained_score": selection.retained_score, "min_heads": self.min_heads,
+                    "head_widths": list(self.head_widths) or None, "head_size": self.config.head_size,
                     "dropped_blocks": list(self.s.drop_blocks),
                     "predicted_ratio": last["predicted_ratio"],
                     "predicted_speedup": last["predicted_speedup"], "measured_ratio": last["measured_ratio"],
@@ -309,7 +318,7 @@ class CompressRun(pipeline_lib.StagedJob):
 
         result = self._stage("prune", fn, self.results["importance"]["_key"], self.results["latency model"]["_key"],
                              settings=self.s.subset("target_speedup", "speedup_margin", "min_head_share",
-                                                    "latency_rounds", "latency_threads"))
+                                                    "latency_rounds", "latency_threads", "head_widths"))
         self.models["compressed"] = self._pruned(
             {int(k): v for k, v in result["removed_heads"].items()},
             {int(k): v for k, v in result["removed_neurons"].items()})
@@ -317,10 +326,27 @@ class CompressRun(pipeline_lib.StagedJob):
         self.our_ratio = result["measured_ratio"]
         self.compressed_key = result["_key"]
 
+    def _width_share(self, widths) -> float:
+        """A head narrowed to `widths` (query/key, value) as a share of a whole head's width; 1 for ()."""
+        return sum(widths) / (2 * self.config.head_size) if widths else 1.0
+
+    def _narrowed_base(self):
+        """The base with every head narrowed to --head_widths (whitened on the calibration text), built once."""
+        from tfreparam.sparsity import narrowing
+
+        if not self.head_widths:
+            return self.base
+        if self._narrowed is None:
+            self.log(f"[{LOG_PREFIX}]   narrowing every head to {self.head_widths[0]}/{self.head_widths[1]} of "
+                     f"{self.config.head_size} (whitened per-head SVD)")
+            moments = narrowing.attention_input_moments(self.base, self.calibration_batches())
+            self._narrowed = narrowing.narrow_heads(self.base, *self.head_widths, moments=moments)
+        return self._narrowed
+
     def _pruned(self, removed_heads: dict, removed_neurons: dict):
         from tfreparam.sparsity import structured
 
-        return structured.remove_heads_and_neurons(self.base, removed_heads, removed_neurons,
+        return structured.remove_heads_and_neurons(self._narrowed_base(), removed_heads, removed_neurons,
                                                    seq_length=self.s.seq_length).model
 
     def _measured_ratio(self, selection) -> float:

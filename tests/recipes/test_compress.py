@@ -28,13 +28,15 @@ def _settings(*argv):
 
 # Sub-millisecond timings of a tiny model are noise: the latency-model stage still exports and times its
 # structures, but the fit is replaced by this one, so the pruned structure is the same on every machine.
-FIXED_FIT = latency.LatencyModel(constant=0.1, per_block=0.1, per_head=0.03, per_neuron=0.003, points=[])
+# A head narrowed to the default 2/6 of its 8 (half its width) costs 0.01 + 0.5 · 0.04 = 0.03.
+FIXED_FIT = latency.LatencyModel(constant=0.1, per_block=0.1, per_head=0.01, per_neuron=0.003, points=[],
+                                 per_head_width=0.04)
 
 
 def _fixed_fit(measured, structures):
     fit = latency.LatencyModel(**{**FIXED_FIT.to_dict(), "points": []})
-    fit.points = [{"structure": n, "blocks": b, "heads": h, "neurons": k, "measured": measured[n],
-                   "predicted": fit.ratio(b, h, k)} for n, (b, h, k) in structures.items()]
+    fit.points = [{"structure": n, "blocks": s[0], "heads": s[1], "neurons": s[2], "measured": measured[n],
+                   "predicted": fit.ratio(*s)} for n, s in structures.items()]
     return fit
 
 
@@ -97,13 +99,14 @@ def test_the_structure_was_pruned_to_the_latency_budget(first_run):
     budget = 1 / (settings.target_speedup + settings.speedup_margin) - 0.3
     assert kept[0] <= 8 and kept[1] < 128 and 0.03 * kept[0] + 0.003 * kept[1] <= budget + 1e-9
     assert 0.03 * kept[0] + 0.003 * (kept[1] + 1) > budget - 1e-9 or kept[1] == 128  # no neuron left unspent
-    # --min_head_share 0.33 of the tiny model's 4 heads, rounded up: every block keeps 2 at least.
-    assert structure["min_heads"] == 2 and min(structure["heads_per_block"].values()) >= 2
+    # The default keeps every head (--min_head_share=1), narrowed to a quarter / three quarters of its 8 dimensions.
+    assert structure["min_heads"] == 4 and set(structure["heads_per_block"].values()) == {4}
+    assert structure["head_widths"] == [2, 6] and structure["head_size"] == 8
     # The structure was measured once (here: the fixed fit's own prediction, so no re-search).
     assert len(structure["checks"]) == 1
     assert structure["measured_speedup"] == pytest.approx(structure["predicted_speedup"])
     fit = metrics["latency_model"]
-    assert fit["constant"] == 0.1 and len(fit["points"]) == 5
+    assert fit["constant"] == 0.1 and len(fit["points"]) == 6  # the original, 4 probe structures, narrowed heads
     predicted = 0.1 + 2 * 0.1 + 0.03 * kept[0] + 0.003 * kept[1]
     assert 1 / predicted == pytest.approx(structure["predicted_speedup"])
     assert structure["predicted_speedup"] >= settings.target_speedup + settings.speedup_margin - 1e-9
@@ -255,6 +258,10 @@ def files(tmp_path):
     (["--budget=1.5"], "--budget must be in (0, 1], got 1.5"),
     (["--target_speedup=1.0"], "--target_speedup must be in (1, 20]"),
     (["--min_head_share=1.5"], "--min_head_share must be in [0, 1]"),
+    (["--head_widths=33,8"], "--head_widths must be two widths from 1 to the model's head size 32"),
+    (["--head_widths=8"], "--head_widths must be two widths"),
+    (["--head_widths=8,wide"], "--head_widths must be two widths"),
+    (["--policy=lowrank", "--head_widths=8,24"], "--head_widths applies to the sentence-encoder job's"),
     (["--model=/nonexistent/ckpt"], "Checkpoint directory '/nonexistent/ckpt' does not exist"),
     (["--model={gpt}"], "is not a BERT checkpoint (config.json says model_type='gpt2')"),
     (["--train_files={empty}"], "is empty; give text files"),

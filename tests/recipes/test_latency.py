@@ -19,6 +19,24 @@ def test_fit_recovers_planted_nonnegative_coefficients():
     assert latency.LatencyModel.from_dict(fit.to_dict()) == fit
 
 
+def test_fit_separates_a_heads_fixed_cost_from_its_width_with_a_narrowed_structure():
+    structures = {"original": (6, 72, 9216), "a": (6, 36, 4608), "b": (6, 18, 9216), "c": (6, 72, 2304),
+                  "d": (3, 36, 4608), "narrowed": (6, 72, 9216, 36.0)}
+    truth = np.array([0.05, 0.01, 0.0015, 6e-5, 0.0038])  # constant, block, head, neuron, head width
+    widths = {n: s[3] if len(s) > 3 else s[1] for n, s in structures.items()}
+    measured = {n: float(truth @ np.array([1.0, *s[:3], widths[n]])) for n, s in structures.items()}
+    fit = latency.fit_latency_model(measured, structures)
+    np.testing.assert_allclose([fit.constant, fit.per_block, fit.per_head, fit.per_neuron, fit.per_head_width],
+                               truth, rtol=1e-6)
+    assert fit.head_cost(0.5) == pytest.approx(0.0015 + 0.5 * 0.0038)
+    assert fit.ratio(6, 72, 9216, 36.0) == pytest.approx(measured["narrowed"])
+    assert [p["head_widths"] for p in fit.points] == [72, 36, 18, 72, 36, 36.0]
+    assert latency.LatencyModel.from_dict(fit.to_dict()) == fit
+    # Without a narrowed structure the width column repeats the heads' and stays at zero.
+    del structures["narrowed"], measured["narrowed"]
+    assert latency.fit_latency_model(measured, structures).per_head_width == 0.0
+
+
 def test_fit_never_returns_a_negative_coefficient():
     # Data that an unconstrained fit explains with a negative per-head cost.
     features = np.array([[1, 1.0, 0.0], [1, 2.0, 1.0], [1, 3.0, 3.0], [1, 4.0, 2.0]])
@@ -93,6 +111,10 @@ def test_probe_structures_cover_heads_neurons_and_depth():
     assert [(p["keep_blocks"], p["heads_per_block"], p["neurons_per_block"]) for p in probes] == [
         (6, 6, 768), (6, 3, 1536), (6, 12, 384), (3, 12, 1536)]
     assert all(p["heads_per_block"] >= 1 for p in latency.probe_structures(2, 1, 1))
+    narrowed = latency.probe_structures(6, 12, 1536, narrowed=(8, 24))
+    assert narrowed[1:] == probes and narrowed[0]["head_widths"] == (8, 24)
+    assert (narrowed[0]["keep_blocks"], narrowed[0]["heads_per_block"], narrowed[0]["neurons_per_block"]) == (
+        6, 12, 1536)
 
 
 def test_layer_drop_depth_matches_our_predicted_latency():

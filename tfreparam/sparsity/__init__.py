@@ -1,6 +1,7 @@
 """Pruning for tfreparam models: TFMOT magnitude pruning, movement pruning,
 L1 sparsification, and structured (head / FFN-neuron) pruning of the flat BERT
-with its latency-budget structure search and least-squares refit.
+with its latency-budget structure search and least-squares refit, and
+narrower attention heads from a whitened per-head SVD.
 
 Importing this package imports TFMOT (without its environment side effect)
 and registers tfreparam's layers as `PrunableLayer` / `ClusterableLayer`.
@@ -20,6 +21,7 @@ from tfreparam.sparsity.masked import (
     l1_sparsification,
     movement_pruning,
 )
+from tfreparam.sparsity.narrowing import attention_input_moments, head_widths, narrow_heads
 from tfreparam.sparsity.selection import m_by_n_weights, select_layers
 from tfreparam.sparsity.reconstruct import RefitResult, refit_output_projections
 from tfreparam.sparsity.structured import (
@@ -40,10 +42,13 @@ __all__ = [
     "UnitSelection",
     "UpdateMasks",
     "UpdatePruningStep",
+    "attention_input_moments",
     "head_and_neuron_importance",
+    "head_widths",
     "l1_sparsification",
     "m_by_n_weights",
     "movement_pruning",
+    "narrow_heads",
     "output_sensitivity",
     "prune",
     "prune_heads_and_neurons",

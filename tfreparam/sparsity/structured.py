@@ -7,8 +7,8 @@ by its L2 norm so that layers compare. The least important units are then
 removed by rebuilding the functional model with `keras.models.clone_model`:
 q/k/v and FFN-intermediate projections lose output columns, the attention
 and FFN output projections lose input rows, `AttentionMath` gets fewer heads
-(its head size is hidden // num_heads, and the hidden width shrinks with the
-heads, so no new argument is needed). The result is a smaller, faster plain
+(its head widths are the query and value widths // num_heads, which shrink
+with the heads, so no new argument is needed). The result is a smaller, faster plain
 model that computes exactly what the original computes with those units'
 contributions zeroed.
 
@@ -44,8 +44,9 @@ _ATTENTION = ("query", "key", "value")
 class _Block:
     index: int
     num_heads: int
-    head_size: int
+    head_size: int  # query/key width of a head
     intermediate: int
+    value_size: int  # value width of a head (narrower than head_size after `narrowing.narrow_heads`)
 
     def name(self, part: str) -> str:
         """'query', 'key', 'value', 'output', 'math': attention layers; 'ffn/...': FFN layers."""
@@ -86,11 +87,13 @@ def _blocks(model) -> list[_Block]:
                 )
         math_layer = by_name[f"layer_{i}/attention/math"]
         query_units = by_name[f"layer_{i}/attention/query"].units
-        if query_units % math_layer.num_heads:
-            raise ValueError(f"Block {i}: {query_units} query units do not split into {math_layer.num_heads} heads.")
+        value_units = by_name[f"layer_{i}/attention/value"].units
+        for part, units in (("query", query_units), ("value", value_units)):
+            if units % math_layer.num_heads:
+                raise ValueError(f"Block {i}: {units} {part} units do not split into {math_layer.num_heads} heads.")
         blocks.append(
             _Block(i, math_layer.num_heads, query_units // math_layer.num_heads,
-                   by_name[f"layer_{i}/ffn/intermediate"].units)  # noqa: E501
+                   by_name[f"layer_{i}/ffn/intermediate"].units, value_units // math_layer.num_heads)
         )
     return blocks
 
@@ -396,11 +399,13 @@ def remove_heads_and_neurons(
     for index, b in blocks.items():
         kept_heads = [h for h in range(b.num_heads) if h not in heads.get(index, ())]
         columns = np.concatenate([np.arange(h * b.head_size, (h + 1) * b.head_size) for h in kept_heads])
+        value_columns = np.concatenate([np.arange(h * b.value_size, (h + 1) * b.value_size) for h in kept_heads])
         kept_neurons = np.array([n for n in range(b.intermediate) if n not in neurons.get(index, ())])
         if len(kept_heads) < b.num_heads:
             for part in _ATTENTION:
-                replacements[b.name(part)] = _slice_outputs(by_name[b.name(part)], columns)
-            replacements[b.name("output")] = _slice_inputs(by_name[b.name("output")], columns)
+                replacements[b.name(part)] = _slice_outputs(by_name[b.name(part)],
+                                                            value_columns if part == "value" else columns)
+            replacements[b.name("output")] = _slice_inputs(by_name[b.name("output")], value_columns)
             math_config = by_name[b.name("math")].get_config()
             math_config["num_heads"] = len(kept_heads)
             replacements[b.name("math")] = (math_config, [])
@@ -528,7 +533,7 @@ def encoder_flops(model: keras.Model, seq_length: int) -> int:
 
     Each top-level Dense / tfreparam layer counts its matmuls and bias add for
     every row it sees (`seq_length` tokens, or one row for the pooler); each
-    `AttentionMath` counts QKᵀ and PV: 2 · 2 · seq² · hidden_of_its_heads.
+    `AttentionMath` counts QKᵀ and PV: 2 · seq² · (query width + value width of its heads).
     """
     total = 0
     for layer in model.layers:
@@ -540,6 +545,6 @@ def encoder_flops(model: keras.Model, seq_length: int) -> int:
             else:
                 total += rows * (2 * shape[-1] * layer.units + (layer.units if layer.use_bias else 0))
         elif type(layer).__name__ == "AttentionMath":
-            hidden = layer.input_shape[0][-1]
-            total += 4 * seq_length * seq_length * hidden
+            query_width, value_width = layer.input_shape[0][-1], layer.input_shape[2][-1]
+            total += 2 * seq_length * seq_length * (query_width + value_width)
     return int(total)
