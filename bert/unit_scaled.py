@@ -138,14 +138,14 @@ class UnitScaledAttentionMath(bert_layers.AttentionMath):
 
     def call(self, inputs, training=None):
         query, key, value, mask = inputs
-        head_size, value_width = query.shape[-1] // self.num_heads, value.shape[-1]  # values may be narrower
-        q, k = (self._split_heads(t, head_size) for t in (query, key))
-        v = self._split_heads(value, value_width // self.num_heads)
+        hidden = query.shape[-1]
+        head_size = hidden // self.num_heads
+        q, k, v = (self._split_heads(t, head_size) for t in (query, key, value))
         bias = (1.0 - tf.cast(mask, tf.float32)) * bert_layers.MASK_VALUE
         context, probs = ops.attention(q, k, v, bias[:, tf.newaxis, tf.newaxis, :])
         context = self._dropout_layer(context, training=training)
         context = tf.transpose(context, (0, 2, 1, 3))
-        context = tf.reshape(context, (tf.shape(query)[0], tf.shape(query)[1], value_width))
+        context = tf.reshape(context, (tf.shape(query)[0], tf.shape(query)[1], hidden))
         return (context, probs) if self.return_probs else context
 
 

@@ -339,6 +339,17 @@ def test_thorough_preset_holds_out_each_domain_in_turn(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "lodo.json").read_text())["beats_layer_drop"]["debian"] is True
 
 
+def test_head_widths_resolve_against_the_models_head_size(tiny_bert, tmp_path):
+    # The tiny model's heads are 8 wide, MiniLM's 32: 'auto' is a quarter and three quarters of either.
+    assert _settings(f"--model={tiny_bert}", f"--report_dir={tmp_path}").head_widths == (2, 6)
+    assert _settings(f"--report_dir={tmp_path}").head_widths == (8, 24)
+    assert _settings(f"--report_dir={tmp_path}", "--head_widths=4,16").head_widths == (4, 16)
+    for whole in ("--head_widths=full", "--head_widths=32,32"):
+        assert _settings(f"--report_dir={tmp_path}", whole).head_widths == ()
+    # The factorized policies keep the default quietly (it narrows the structured job only).
+    assert _settings(f"--report_dir={tmp_path}", "--policy=lowrank").head_widths == ()
+
+
 def test_the_learning_rate_defaults_to_each_jobs_measured_value(tiny_bert, tmp_path):
     from recipes.compress_settings import CompressSettings
 

@@ -87,9 +87,9 @@ def narrow_heads(model: keras.Model, qk_width: Widths, vo_width: Widths,
         layers = {part: model.get_layer(b.name(part)) for part in ("query", "key", "value", "output")}
         for part, layer in layers.items():
             if type(layer) is not keras.layers.Dense or not layer.use_bias:
-                raise ValueError(f"Narrowing heads needs Dense projections with biases; '{layer.name}' is a "
-                                 f"{type(layer).__name__}{'' if layer.use_bias else ' without a bias'} (fold "
-                                 "reparameterized layers first with tfreparam.fold).")
+                raise ValueError(f"Narrowing heads needs plain Dense projections with biases; '{layer.name}' is a "
+                                 f"{type(layer).__name__}{'' if layer.use_bias else ' without a bias'}: fold "
+                                 "factorized layers first with tfreparam.fold (unit-scaled models are not supported).")
         whiten, unwhiten = _whitening(moments, b, int(layers["query"].kernel.shape[0]))
         weights = {part: [np.asarray(w, np.float64) for w in layer.get_weights()] for part, layer in layers.items()}
         query, key, value, output = _narrow_block(weights, b, qk[b.index], vo[b.index], whiten, unwhiten)
