@@ -1,7 +1,5 @@
 """Narrowed attention heads: exact where the heads' products have that rank, Eckart–Young in whitened norm."""
 
-import dataclasses
-
 import numpy as np
 import pytest
 import tf_keras as keras
@@ -11,20 +9,7 @@ import tfreparam as tr
 from tfreparam import export
 from tfreparam.sparsity import narrowing, structured
 
-CONFIG = dataclasses.replace(
-    bert.BertConfig.named("tiny"), vocab_size=64, hidden_size=32, num_heads=4,
-    intermediate_size=48, max_position_embeddings=16, hidden_dropout=0.0, attention_dropout=0.0,
-)
-SEQ = 8
-HEAD = CONFIG.hidden_size // CONFIG.num_heads
-RNG = np.random.default_rng(0)
-MASK = np.ones((3, SEQ), "int32")
-MASK[1, 5:] = 0
-INPUTS = {
-    "input_word_ids": RNG.integers(0, CONFIG.vocab_size, (3, SEQ)).astype("int32"),
-    "input_mask": MASK,
-    "input_type_ids": np.zeros((3, SEQ), "int32"),
-}
+from tests.sparsity.tiny_bert import CONFIG, HEAD, INPUTS, MASK, SEQ
 QK_RANK, VO_RANK = 2, 3
 
 

@@ -1,7 +1,5 @@
 """Structured head / FFN-neuron pruning of the flat BERT: exact savings, masked-original parity, importance."""
 
-import dataclasses
-
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -11,20 +9,7 @@ import bert
 import tfreparam as tr
 from tfreparam import sparsity
 
-CONFIG = dataclasses.replace(
-    bert.BertConfig.named("tiny"), vocab_size=64, hidden_size=32, num_heads=4,
-    intermediate_size=48, max_position_embeddings=16, hidden_dropout=0.0, attention_dropout=0.0,
-)
-SEQ = 8
-HEAD = CONFIG.hidden_size // CONFIG.num_heads
-RNG = np.random.default_rng(0)
-MASK = np.ones((3, SEQ), "int32")
-MASK[1, 5:] = 0
-INPUTS = {
-    "input_word_ids": RNG.integers(0, CONFIG.vocab_size, (3, SEQ)).astype("int32"),
-    "input_mask": MASK,
-    "input_type_ids": np.zeros((3, SEQ), "int32"),
-}
+from tests.sparsity.tiny_bert import CONFIG, HEAD, INPUTS, MASK, SEQ
 HEADS = {0: [1, 3], 1: [0]}
 NEURONS = {0: [0, 5, 47], 1: list(range(20))}
 
@@ -123,7 +108,7 @@ def test_other_factorizations_and_bad_units_are_refused(encoder):
         sparsity.remove_heads_and_neurons(encoder, {0: [4]})
 
 
-TARGET = RNG.normal(size=(3, SEQ, CONFIG.hidden_size)).astype("float32")
+TARGET = np.random.default_rng(1).normal(size=(3, SEQ, CONFIG.hidden_size)).astype("float32")
 
 
 def _loss(outputs):
