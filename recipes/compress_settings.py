@@ -206,27 +206,23 @@ def head_widths(raw, head_size: int) -> tuple:
 
 def model_head_size(model: str) -> int:
     """The width of one attention head (hidden size / heads) of a checkpoint, from its config.json alone."""
-    with open(os.path.join(_model_dir(model), "config.json")) as fh:
-        config = json.load(fh)
+    config = _model_config(model)
     return int(config["hidden_size"]) // int(config["num_attention_heads"])
-
-
-def _model_dir(model: str) -> str:
-    if model == "minilm":
-        import bert
-
-        return bert.minilm_path()
-    return model
 
 
 def model_depth(model: str) -> int:
     """The number of transformer blocks of a checkpoint, from its config.json alone."""
+    return int(_model_config(model)["num_hidden_layers"])
+
+
+def _model_config(model: str) -> dict:
+    """config.json of a checkpoint directory, or of the bundled MiniLM for 'minilm'."""
     if model == "minilm":
         import bert
 
         model = bert.minilm_path()
     with open(os.path.join(model, "config.json")) as fh:
-        return int(json.load(fh)["num_hidden_layers"])
+        return json.load(fh)
 
 
 def l3_available() -> bool:
