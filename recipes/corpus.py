@@ -152,6 +152,16 @@ def load(domains=None) -> list[Sentence]:
     return [s for s in _snapshot() if s.domain in wanted]
 
 
+def split_bounds(fractions: dict[str, float]):
+    """The bounds `part_of` takes: computed once for many texts."""
+    return _bounds(fractions)
+
+
+def part_of(text: str, bounds) -> str:
+    """The part (a key of the fractions) that `split` and `split_parts` put `text` in."""
+    return _part(text, bounds)
+
+
 def split_parts(sentences, fractions: dict[str, float]) -> dict[str, list]:
     """`split` for `Sentence`s (or plain strings): each one's part depends on its text only."""
     bounds = _bounds(fractions)

@@ -8,7 +8,8 @@ sentence-transformers MiniLM-L3 ONNX graph. `quality` turns a model's
 embeddings into the figures of the report: per domain and averaged over the
 in-domain held-out parts and over the held-out domains (cosine to the
 original, min cosine, top-1 / top-10 neighbour agreement), and the linear
-probe's accuracy on each held-out domain's labelled set.
+probe's accuracy on each held-out domain's labelled set and, apart, on each
+compression domain's (its in-domain held-out texts only).
 """
 
 from __future__ import annotations
@@ -121,17 +122,22 @@ class EvalSets:
         self.heldout = {d: TextSet(preprocessor, texts) for d, texts in evaluation.heldout.items()}
         self.probes = {name: TextSet(preprocessor, texts) for name, (texts, _) in evaluation.probes.items()}
         self.labels = {name: list(labels) for name, (_, labels) in evaluation.probes.items()}
+        self.in_domain_probes = {name: TextSet(preprocessor, texts)
+                                 for name, (texts, _) in evaluation.in_domain_probes.items()}
+        self.in_domain_labels = {name: list(labels) for name, (_, labels) in evaluation.in_domain_probes.items()}
 
     def count(self, fidelity_sets: bool = True) -> int:
         """How many text sets `embed` embeds."""
-        return len(self.probes) + (len(self.in_domain) + len(self.heldout) if fidelity_sets else 0)
+        return (len(self.probes) + len(self.in_domain_probes)
+                + (len(self.in_domain) + len(self.heldout) if fidelity_sets else 0))
 
     def embed(self, embedder, fidelity_sets: bool = True, progress=None) -> dict:
-        """{"in_domain": {domain: array}, "heldout": {...}, "probes": {...}} (fidelity sets optional).
+        """{"in_domain": {domain: array}, "heldout": {...}, "probes": {...}, "in_domain_probes": {...}} (fidelity
+        sets optional).
 
         `progress()` is called after each text set.
         """
-        groups = [("probes", self.probes)]
+        groups = [("probes", self.probes), ("in_domain_probes", self.in_domain_probes)]
         if fidelity_sets:
             groups += [("in_domain", self.in_domain), ("heldout", self.heldout)]
         out = {}
@@ -158,18 +164,19 @@ def load(path: str) -> dict:
     return out
 
 
-def probe_accuracies(embeddings: dict, labels: dict, folds: int, l2: float) -> dict:
+def probe_accuracies(embeddings: dict, labels: dict, folds: int, l2: float, group: str = "probes") -> dict:
+    """{set: k-fold accuracy} of the labelled sets in `group` ("probes": held-out domains; "in_domain_probes")."""
     from tfreparam import fidelity
 
-    return {name: fidelity.linear_probe(embeddings["probes"][name], labels[name], folds=folds, l2=l2)
+    return {name: fidelity.linear_probe(embeddings[group][name], labels[name], folds=folds, l2=l2)
             for name in labels}
 
 
-def probe_answers(embeddings: dict, labels: dict, folds: int, l2: float) -> dict:
+def probe_answers(embeddings: dict, labels: dict, folds: int, l2: float, group: str = "probes") -> dict:
     """{set: per-sentence bool array}: whether the cross-validated probe labels each probe sentence right."""
     from tfreparam import fidelity
 
-    return {name: fidelity.probe_correct(embeddings["probes"][name], labels[name], folds=folds, l2=l2)
+    return {name: fidelity.probe_correct(embeddings[group][name], labels[name], folds=folds, l2=l2)
             for name in sorted(labels)}
 
 
@@ -187,7 +194,8 @@ def probe_difference(a: dict, b: dict) -> dict:
     return out
 
 
-def quality(reference: dict, candidate: dict, labels: dict, folds: int, l2: float, probe: bool = True) -> dict:
+def quality(reference: dict, candidate: dict, labels: dict, folds: int, l2: float, probe: bool = True,
+            in_domain_labels: dict | None = None) -> dict:
     """The report's figures for one model's embeddings against the original's (see the module docstring)."""
     from tfreparam import fidelity
 
@@ -206,4 +214,7 @@ def quality(reference: dict, candidate: dict, labels: dict, folds: int, l2: floa
     if probe and labels:
         result["probe"] = probe_accuracies(candidate, labels, folds, l2)
         result["probe_mean"] = float(np.mean(list(result["probe"].values())))
+    if probe and in_domain_labels:
+        result["in_domain_probe"] = probe_accuracies(candidate, in_domain_labels, folds, l2, group="in_domain_probes")
+        result["in_domain_probe_mean"] = float(np.mean(list(result["in_domain_probe"].values())))
     return result

@@ -1,4 +1,4 @@
-"""The files a compress run writes and times: TFLite encoders (fp32 and int8) and the MiniLM-L3 ONNX files."""
+"""The files a compress run writes and times: TFLite encoders (fp32 and int8), ONNX Runtime int8 files."""
 
 from __future__ import annotations
 
@@ -63,9 +63,9 @@ def cpu_has_vnni() -> bool:
     return bool(flags & {"avx512_vnni", "avx_vnni"})
 
 
-def l3_int8(source: str, target: str, reduce_range: bool | None = None) -> str:
-    """Writes dynamic-range int8 of the L3 ONNX graph at `target` (per-channel int8 MatMul weights); returns
-    the weight width used, "8-bit" or "7-bit".
+def onnx_int8(source: str, target: str, reduce_range: bool | None = None) -> str:
+    """Writes ONNX Runtime's dynamic-range int8 of the ONNX graph `source` at `target` (per-channel int8 MatMul
+    weights); returns the weight width used, "8-bit" or "7-bit".
 
     Without VNNI, onnxruntime's uint8 x int8 kernels add pairs of products in
     16 bits, which saturate on large activations and weights (a toy MatMul's
@@ -73,7 +73,8 @@ def l3_int8(source: str, target: str, reduce_range: bool | None = None) -> str:
     in range; by default it is used exactly where this CPU lacks VNNI, as
     onnxruntime advises. Per-channel scales win back what the 7th bit costs
     (L3's sentence embeddings, AVX2 CPU, cosine to its fp32: 0.976 8-bit
-    per-tensor, 0.934 7-bit per-tensor, 0.996 7-bit per-channel).
+    per-tensor, 0.934 7-bit per-tensor, 0.996 7-bit per-channel). Every
+    ONNX file of a run (L3's, ours, the original's) is quantized this one way.
     """
     import logging
 
@@ -94,3 +95,19 @@ def l3_int8(source: str, target: str, reduce_range: bool | None = None) -> str:
         finally:
             logging.disable(logging.NOTSET)
     return "7-bit" if reduce_range else "8-bit"
+
+
+def keras_onnx_int8(model, target: str) -> str:
+    """Writes a Keras encoder as ONNX Runtime dynamic int8 at `target` (tf2onnx, parity-checked, then `onnx_int8`).
+
+    The same runtime and quantization as MiniLM-L3's int8 file, so the three
+    can be timed against each other without a runtime's difference in them.
+    """
+    from tfreparam import export as export_lib
+
+    directory = os.path.dirname(os.path.abspath(target))
+    os.makedirs(directory, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=directory) as scratch:
+        float_path = os.path.join(scratch, "fp32.onnx")
+        export_lib.onnx(encoder_view(model), float_path)
+        return onnx_int8(float_path, target)

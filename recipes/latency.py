@@ -64,8 +64,12 @@ def tflite_runner(path_or_bytes, threads: int | None = 1) -> Callable:
     return call
 
 
-def l3_runner(path: str, threads: int | None = 1) -> Callable:
-    """call(feed) of sentence-transformers' MiniLM-L3 ONNX graph (input_ids, attention_mask) in onnxruntime."""
+# sentence-transformers' ONNX graphs (MiniLM-L3) name BERT's inputs as Hugging Face does.
+HF_INPUTS = {"input_ids": "input_word_ids", "attention_mask": "input_mask", "token_type_ids": "input_type_ids"}
+
+
+def onnx_runner(path: str, threads: int | None = 1) -> Callable:
+    """call(feed) of an ONNX encoder in onnxruntime: our export's inputs or Hugging Face's names (MiniLM-L3)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -73,10 +77,11 @@ def l3_runner(path: str, threads: int | None = 1) -> Callable:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
     session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    inputs = [(i.name, HF_INPUTS.get(i.name, i.name), np.int64 if i.type == "tensor(int64)" else np.int32)
+              for i in session.get_inputs()]
 
     def call(feed):
-        return session.run(None, {"input_ids": feed["input_word_ids"].astype(np.int64),
-                                  "attention_mask": feed["input_mask"].astype(np.int64)})
+        return session.run(None, {name: np.asarray(feed[source]).astype(dtype) for name, source, dtype in inputs})
 
     return call
 

@@ -7,7 +7,10 @@ compression stages (calibration, importance, refit, distillation) receive
 only a `CompressionText`, which by construction holds no sentence of a
 held-out domain, of a held-out domain's labelled set, or equal to one of
 them; `EvaluationText` (in-domain held-out sentences, held-out domains'
-sentences, their labelled probe sets) goes to evaluation only.
+sentences, their labelled probe sets) goes to evaluation only. A compression
+domain's labelled set is a probe too (the *in-domain probe*), restricted to
+the texts its hash puts in the in-domain held-out part, so that the probe,
+like the cosine, is reported both in-domain and on held-out domains.
 
 Sources: the built-in corpus (`recipes.corpus`, domains minus
 `--heldout_domains`), or `--train_files` (one domain per file, named after
@@ -81,11 +84,14 @@ class EvaluationText:
     in_domain: dict  # compression domain -> held-out part of it
     heldout: dict  # held-out domain -> its sentences
     probes: dict  # labelled set name -> (texts, labels), of held-out domains only
+    # the same of compression domains, only texts of their in-domain held-out part (never calibration or train)
+    in_domain_probes: dict = dataclasses.field(default_factory=dict)
 
     def counts(self) -> dict:
         return {"in_domain_heldout": {d: len(v) for d, v in self.in_domain.items()},
                 "heldout_domains": {d: len(v) for d, v in self.heldout.items()},
-                "probe": {name: len(texts) for name, (texts, _) in self.probes.items()}}
+                "probe": {name: len(texts) for name, (texts, _) in self.probes.items()},
+                "in_domain_probe": {name: len(texts) for name, (texts, _) in self.in_domain_probes.items()}}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,15 +141,16 @@ def _file_domains(files: str, flag: str, log) -> dict:
     return domains
 
 
-def _probe_sets(domains, probe_sentences: int, folds: int) -> dict:
-    """The labelled sets whose texts are text of `domains`: up to `probe_sentences` each, classes with >= folds."""
+def _probe_sets(domains, probe_sentences: int, folds: int, keep: Callable[[str], bool] = lambda text: True) -> dict:
+    """The labelled sets whose texts are text of `domains` (and `keep`): up to `probe_sentences` each, classes
+    with >= folds examples."""
     probes = {}
     for name, domain in corpus.TASK_DOMAINS.items():
         if domain not in domains:
             continue
         pairs = []
         for split in corpus.SPLITS:
-            pairs += list(zip(*corpus.labelled(name, split)))
+            pairs += [p for p in zip(*corpus.labelled(name, split)) if keep(p[0])]
         pairs = sorted(pairs, key=lambda p: _rank(p[0], "probe"))[:probe_sentences]
         counts = {}
         for _, label in pairs:
@@ -204,6 +211,15 @@ def build(settings, vocab_path: Optional[str] = None, log: Callable[[str], None]
         train += synthetic[settings.calibration_per_domain:]
     if not in_domain:
         raise ValueError("No in-domain held-out sentences: the compression text is too small; give more text.")
+    in_domain_probes = {}
+    if not settings.train_files:
+        # A labelled text the hash puts in the held-out part is no calibration or train sentence (the same text
+        # lands in the same part); normalised, it must not equal one either, nor any held-out-domain text.
+        seen = forbidden | {_normal(s.text) for s in calibration + train}
+        bounds = corpus.split_bounds(FRACTIONS)
+        in_domain_probes = _probe_sets(
+            source, settings.probe_sentences, settings.probe_folds,
+            keep=lambda text: corpus.part_of(text, bounds) == "heldout" and _normal(text) not in seen)
     # A fixed interleaving of the domains (by hash), so every batch mixes them.
     calibration = tuple(sorted(calibration, key=lambda s: _rank(s.text, "order")))
     train = tuple(sorted(train, key=lambda s: _rank(s.text, "order")))
@@ -213,4 +229,4 @@ def build(settings, vocab_path: Optional[str] = None, log: Callable[[str], None]
     if short:
         raise ValueError(f"Held-out domain(s) {short} have fewer than 11 sentences (top-10 neighbours need 11); "
                          "give more text.")
-    return Protocol(compression, EvaluationText(in_domain, heldout, probes))
+    return Protocol(compression, EvaluationText(in_domain, heldout, probes, in_domain_probes))

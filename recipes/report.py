@@ -21,13 +21,16 @@ ROWS = (
     ("compressed_int8", "ours", "int8"),
     ("layer_drop_fp32", "layer drop", "fp32"),
     ("layer_drop_int8", "layer drop", "int8"),
+    ("original_int8_onnxruntime", "original", "int8"),
+    ("compressed_int8_onnxruntime", "ours", "int8"),
     ("minilm_l3_fp32", "MiniLM-L3", "fp32"),
     ("minilm_l3_int8", "MiniLM-L3", "int8"),
 )
 # Where each row's quality comes from (evaluate stage results; fp32 TFLite computes what Keras computes).
 QUALITY_OF = {"original_int8": "original_int8", "compressed_fp32": "compressed", "compressed_int8": "compressed_int8",
               "layer_drop_fp32": "layer_drop", "layer_drop_int8": "layer_drop_int8", "minilm_l3_fp32": "minilm_l3",
-              "minilm_l3_int8": "minilm_l3_int8"}
+              "minilm_l3_int8": "minilm_l3_int8", "original_int8_onnxruntime": "original_int8_onnxruntime",
+              "compressed_int8_onnxruntime": "compressed_int8_onnxruntime"}
 STAGE_NAMES = {"load": "load the checkpoint", "text": "split the text (protocol)",
                "reference": "the original's embeddings and probe", "importance": "importance of heads and neurons",
                "latency model": "latency model (timed structures)", "prune": "choose and remove heads and neurons",
@@ -61,6 +64,8 @@ def _row(run_results, key):
            "in_domain_cosine": 1.0 if key == "original_fp32" else quality.get("in_domain_mean", {}).get("cosine"),
            "probe": (sum(reference_probe.values()) / len(reference_probe) if reference_probe else None)
            if key == "original_fp32" else quality.get("probe_mean"),
+           "in_domain_probe": _mean(run_results["reference"].get("in_domain_probe", {}))
+           if key == "original_fp32" else quality.get("in_domain_probe_mean"),
            "latency_ms": timing[key]["ms"], "latency_median_ms": timing[key]["median_ms"],
            "speedup": timing[key].get("speedup"), "bytes": files[key]}
     return row
@@ -79,7 +84,8 @@ def metrics(run) -> dict:
         "policy": s.policy,
         "seq_length": s.seq_length,
         "protocol": {"compression_domains": r["text"]["compression_domains"],
-                     "heldout_domains": r["text"]["heldout_domains"], "probe_sets": r["text"]["probe_sets"]},
+                     "heldout_domains": r["text"]["heldout_domains"], "probe_sets": r["text"]["probe_sets"],
+                     "in_domain_probe_sets": r["text"].get("in_domain_probe_sets", [])},
         "sentences": r["text"]["sentences"],
         "heldout_domain_cosine": ours["heldout_mean"]["cosine"],
         "heldout_domain_cosine_min": ours["heldout_mean"]["cosine_min"],
@@ -99,6 +105,13 @@ def metrics(run) -> dict:
         "probes": {name: {"original": acc, **{model: evaluate.get(model, {}).get("probe", {}).get(name)
                                               for model in PROBE_MODELS}}
                    for name, acc in reference_probe.items()},
+        # The probe on the compression domains' own labelled sets (held-out sentences of them): the in-domain side.
+        "in_domain_probe_accuracy_original": _mean(r["reference"].get("in_domain_probe", {})),
+        "in_domain_probe_accuracy_compressed": ours.get("in_domain_probe_mean"),
+        "in_domain_probes": {name: {"original": acc,
+                                    **{model: evaluate.get(model, {}).get("in_domain_probe", {}).get(name)
+                                       for model in PROBE_MODELS}}
+                             for name, acc in r["reference"].get("in_domain_probe", {}).items()},
         "latency_ms": {row["key"]: row["latency_ms"] for row in rows},
         "speedup_vs_original_int8": {row["key"]: row["speedup"] for row in rows},
         "compressed_int8_speedup": by_key["compressed_int8"]["speedup"],
@@ -108,6 +121,7 @@ def metrics(run) -> dict:
         "int8_mode": s.int8,
         "l3_int8_weights": r["export"].get("l3_int8_weights"),
         "baselines": _baselines(run, by_key),
+        "onnxruntime": same_runtime(by_key),
         "models": rows,
         "parameters": {"original": r["load"]["parameters"], "compressed": int(run.models["compressed"].count_params())},
         "distillation": {k: r["distill"][k] for k in ("steps", "seconds", "layer_map", "history", "trained_parameters",
@@ -139,6 +153,7 @@ def metrics(run) -> dict:
         if name in r:
             m[name.replace(" ", "_")] = {k: v for k, v in r[name].items() if not k.startswith("_")}
     m["probe_differences"] = probe_differences(run)
+    m["in_domain_probe_differences"] = probe_differences(run, "in_domain_probes")
     m["verdict"] = verdict(by_key, m["probes"], m["probe_differences"].get("ours_int8_minus_layer_drop_int8"))
     m["targets"] = targets(m)
     return m
@@ -160,6 +175,22 @@ TARGETS = (
 def targets(m: dict) -> dict:
     """{key: {"what", "met"}} for each of TARGETS (met: True / False)."""
     return {key: {"what": what, "met": bool(check(m))} for key, what, check in TARGETS}
+
+
+def _in_onnxruntime(key: str) -> bool:
+    """Whether a Pareto row's file runs in ONNX Runtime (MiniLM-L3's, and ours and the original's beside it)."""
+    return key.startswith("minilm_l3") or key.endswith("_onnxruntime")
+
+
+def same_runtime(by_key) -> dict | None:
+    """Ours and MiniLM-L3 against the original, all three int8 files in ONNX Runtime (None without them)."""
+    keys = ("original_int8_onnxruntime", "compressed_int8_onnxruntime", "minilm_l3_int8")
+    if not all(k in by_key for k in keys):
+        return None
+    base = by_key["original_int8_onnxruntime"]["latency_ms"]
+    return {"runtime": "onnxruntime", **{f"{k}_ms": by_key[k]["latency_ms"] for k in keys},
+            "compressed_int8_speedup": base / by_key["compressed_int8_onnxruntime"]["latency_ms"],
+            "minilm_l3_int8_speedup": base / by_key["minilm_l3_int8"]["latency_ms"]}
 
 
 def _mean(values: dict):
@@ -184,6 +215,7 @@ def _baselines(run, by_key) -> dict:
                              "heldout_domain_nn_agreement": q["heldout_mean"]["nn_agreement"],
                              "in_domain_cosine": q["in_domain_mean"]["cosine"],
                              "probe_accuracy": q.get("probe_mean"),
+                             "in_domain_probe_accuracy": q.get("in_domain_probe_mean"),
                              "int8": {k: by_key["layer_drop_int8"][k] for k in ("heldout_cosine", "probe", "latency_ms",
                                                                                  "speedup", "bytes")},
                              "latency_ms": by_key["layer_drop_int8"]["latency_ms"],
@@ -202,21 +234,22 @@ def _baselines(run, by_key) -> dict:
     return out
 
 
-def probe_differences(run) -> dict:
+def probe_differences(run, group: str = "probes") -> dict:
     """Our int8 file's mean probe accuracy minus the original's and the layer drop's, with paired intervals.
 
     From the embeddings the evaluate stage stored (the same sentences and folds for every model), so the
     differences are exactly those of the probe table; the intervals say whether a difference of a point or
-    two is more than the choice of probe sentences explains.
+    two is more than the choice of probe sentences explains. `group`: "probes" (held-out domains) or
+    "in_domain_probes".
     """
     from recipes import embedding_eval
 
-    labels, s = run.eval_sets.labels, run.s
+    labels, s = (run.eval_sets.labels if group == "probes" else run.eval_sets.in_domain_labels), run.s
     if not labels:
         return {}
 
     def answers(embeddings):
-        return embedding_eval.probe_answers(embeddings, labels, s.probe_folds, s.probe_l2)
+        return embedding_eval.probe_answers(embeddings, labels, s.probe_folds, s.probe_l2, group=group)
 
     stored = lambda name: run._path("evaluate", f"{name}.npz")  # noqa: E731
     ours = answers(embedding_eval.load(stored("compressed_int8")))
@@ -287,10 +320,10 @@ _LABELS = {key: f"{model}, {fmt}" for key, model, fmt in ROWS}
 
 
 def _runtime(key, m):
-    if key.startswith("minilm_l3"):
-        if not key.endswith("int8"):
+    if _in_onnxruntime(key):
+        if key == "minilm_l3_fp32":
             return "ONNX Runtime"
-        # 7-bit where this CPU lacks VNNI (exports.l3_int8): name it, it is part of the baseline's figures.
+        # 7-bit where this CPU lacks VNNI (exports.onnx_int8): name it, it is part of the files' figures.
         bits = m.get("l3_int8_weights")
         return "ONNX Runtime (dynamic int8" + (f", {bits} per-channel weights)" if bits else ")")
     if key.endswith("int8"):
@@ -306,7 +339,9 @@ def _report_lines(m: dict) -> list[str]:
              + (f" to a {m['target_speedup']}x int8 speed-up target" if m["policy"] == "structured" else "") + ". "
              f"Compression text: {', '.join(protocol['compression_domains'])}. Held-out domains (never used for "
              f"calibration, importance, refit or distillation): {', '.join(protocol['heldout_domains'])}. "
-             f"Linear probe: {', '.join(protocol['probe_sets']) or 'none (no labelled set for these domains)'}.", "",
+             f"Linear probe: {', '.join(protocol['probe_sets']) or 'none (no labelled set for these domains)'}"
+             + (f"; in-domain: {', '.join(protocol['in_domain_probe_sets'])}" if protocol.get("in_domain_probe_sets")
+                else "") + ".", "",
              f"**{m['verdict']['text']}**", "",
              "Targets of this job's default setting: "
              + "; ".join(f"{t['what']}: {'met' if t['met'] else '**not met**'}" for t in m["targets"].values())
@@ -316,19 +351,29 @@ def _report_lines(m: dict) -> list[str]:
              "percentile of each file's calls (contention only adds time, and more to longer calls), speed-up the "
              "ratio to the original's int8 file. Cosine and neighbour agreement: mean over the "
              "held-out domains of each sentence embedding's cosine to the original's (min: the worst sentence). "
-             "Probe: k-fold accuracy of a logistic regression on the held-out domains' labelled sets.", "",
-             "| model | runtime | held-out cosine | min | NN top-1 | NN top-10 | in-domain cosine | probe | ms | "
-             "speed-up | MB |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "Probe: k-fold accuracy of a logistic regression on the held-out domains' labelled sets; in-domain "
+             "probe: the same on the compression domains' labelled sets, only their texts that fell in the in-domain "
+             "held-out part (never calibration or distillation text).", "",
+             "| model | runtime | held-out cosine | min | NN top-1 | NN top-10 | in-domain cosine | probe | "
+             "in-domain probe | ms | speed-up | MB |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in m["models"]:
         lines.append(f"| {_LABELS[row['key']]} | {_runtime(row['key'], m)} | {_fmt(row['heldout_cosine'])} | "
                      f"{_fmt(row['heldout_cosine_min'])} | {_fmt(row['heldout_nn_agreement'], '{:.3f}')} | "
                      f"{_fmt(row['heldout_nn_agreement_top10'], '{:.3f}')} | {_fmt(row['in_domain_cosine'])} | "
-                     f"{_fmt(row['probe'], '{:.3f}')} | {row['latency_ms']:.2f} | {_fmt(row['speedup'], '{:.2f}x')} | "
+                     f"{_fmt(row['probe'], '{:.3f}')} | {_fmt(row.get('in_domain_probe'), '{:.3f}')} | "
+                     f"{row['latency_ms']:.2f} | {_fmt(row['speedup'], '{:.2f}x')} | "
                      f"{row['bytes'] / 1e6:.1f} |")
     if "minilm_l3" in m["baselines"]:
         lines += ["", "MiniLM-L3 has its own embedding space, so its cosine to the original means nothing: only its "
                   "probe accuracy, latency and size compare."]
+    ort = m.get("onnxruntime")
+    if ort:
+        lines += ["", "In one runtime (ONNX Runtime, every file dynamic int8 the same way; tf2onnx's graph of ours and "
+                  "the original, sentence-transformers' own of MiniLM-L3): the original "
+                  f"{ort['original_int8_onnxruntime_ms']:.2f} ms, ours {ort['compressed_int8_onnxruntime_ms']:.2f} ms "
+                  f"({ort['compressed_int8_speedup']:.2f}x), MiniLM-L3 {ort['minilm_l3_int8_ms']:.2f} ms "
+                  f"({ort['minilm_l3_int8_speedup']:.2f}x)."]
     lines += ["", "![quality against latency and size](pareto.png)", ""]
 
     lines += ["## In-domain and held-out-domain figures (ours, fp32)", "",
@@ -356,6 +401,22 @@ def _report_lines(m: dict) -> list[str]:
             lines.append(f"- Ours int8 minus {names[key]}, mean over the sets: {_points(difference)}; the interval "
                          "resamples the probe sentences (paired, the same folds for both models), not the probe's "
                          "training.")
+        lines.append("")
+    if m.get("in_domain_probes"):
+        lines += ["## Linear probe (in-domain: the compression domains' labelled sets, held-out sentences)", "",
+                  "The same probe on text of the domains compression saw, but only sentences the hash split kept out "
+                  "of calibration and distillation: how much of the original a model keeps where it was compressed, "
+                  "to read beside the held-out domains above (which decide the verdict).", "",
+                  "| labelled set | examples | original | ours fp32 | ours int8 | layer drop fp32 | layer drop int8 | "
+                  "MiniLM-L3 fp32 | MiniLM-L3 int8 |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for name, p in m["in_domain_probes"].items():
+            lines.append(f"| {name} | {counts.get('in_domain_probe', {}).get(name, '—')} | {p['original']:.3f} | "
+                         + " | ".join(_fmt(p.get(model), "{:.3f}") for model in PROBE_MODELS) + " |")
+        lines.append("")
+        names = {"ours_int8_minus_original": "the original", "ours_int8_minus_layer_drop_int8": "layer drop int8"}
+        for key, difference in m.get("in_domain_probe_differences", {}).items():
+            lines.append(f"- In-domain, ours int8 minus {names[key]}: {_points(difference)}.")
         lines.append("")
 
     lines += ["## Baselines", ""]
@@ -463,7 +524,7 @@ def plot_pareto(report_dir: str, metrics: dict) -> list[str]:
     rows = metrics["models"]
     fig, axes = plt.subplots(2, 2, figsize=(10, 7.5))
     colours = {"original": "tab:gray", "ours": "tab:red", "layer drop": "tab:blue", "MiniLM-L3": "tab:green"}
-    marks = {"fp32": "o", "int8": "s"}
+    marks = {"fp32": "o", "int8": "s", "int8 (ONNX Runtime)": "^"}
     labelled = set()
     for r, (quality, title) in enumerate((("heldout_cosine", "held-out-domain cosine to the original"),
                                           ("probe", "probe accuracy (held-out domains)"))):
@@ -472,6 +533,8 @@ def plot_pareto(report_dir: str, metrics: dict) -> list[str]:
             for row in rows:
                 key = row["key"]
                 model, fmt = next((mo, fo) for k, mo, fo in ROWS if k == key)
+                if fmt == "int8" and _in_onnxruntime(key):
+                    fmt = "int8 (ONNX Runtime)"
                 y = row[quality]
                 if y is None or (quality == "heldout_cosine" and model == "MiniLM-L3"):
                     continue

@@ -10,7 +10,8 @@
   distill         ours, from the cached teacher (`recipes.distillation`)
   layer drop      the first K blocks, K matched to our latency, same distillation budget
   prune / qat     optional: --sparsity / --m_by_n, --qat
-  export          TFLite fp32 + int8 of the original, ours and the layer drop; MiniLM-L3 fp32 + int8 ONNX
+  export          TFLite fp32 + int8 of the original, ours and the layer drop; MiniLM-L3 fp32 + int8 ONNX,
+                  and ours and the original in ONNX Runtime int8 too (same runtime as L3)
   evaluate        every model on the evaluation text (`recipes.embedding_eval`)
   latency         batch-1 latency of every file, side by side (`recipes.latency`)
   report          report.md, metrics.json, pareto.png (`recipes.report`)
@@ -104,6 +105,9 @@ class CompressRun(pipeline_lib.StagedJob):
         self.distill()
         if "layer_drop" in self.s.baselines:
             self.layer_drop()
+        # The teacher's cached hidden states (~1.5 GB for MiniLM's demo) serve only the two distillations; freed
+        # before export, whose tf2onnx conversions take ~4 GB of their own.
+        self._teacher_cache = None
         if self.s.sparsity is not None or self.s.m_by_n is not None:
             self.magnitude_prune()
         if self.s.qat:
@@ -147,12 +151,14 @@ class CompressRun(pipeline_lib.StagedJob):
             self.eval_sets = embedding_eval.EvalSets(self.protocol.evaluation, self.preprocessor)
             return {"sentences": self.protocol.counts(), "compression_domains": list(self.protocol.compression.domains),
                     "heldout_domains": list(self.protocol.evaluation.heldout),
-                    "probe_sets": list(self.protocol.evaluation.probes)}
+                    "probe_sets": list(self.protocol.evaluation.probes),
+                    "in_domain_probe_sets": list(self.protocol.evaluation.in_domain_probes)}
 
         self._stage("text", fn, cache=False)
         c, e = self.protocol.compression, self.protocol.evaluation
         texts = [c.texts("calibration"), c.texts("train"), sorted(e.in_domain.items()), sorted(e.heldout.items()),
-                 sorted((k, list(v[0]), list(v[1])) for k, v in e.probes.items())]
+                 sorted((k, list(v[0]), list(v[1])) for k, v in e.probes.items()),
+                 sorted((k, list(v[0]), list(v[1])) for k, v in e.in_domain_probes.items())]
         self.text_key = pipeline_lib.fingerprint(self.s.model, self.s.seq_length, texts)
         self.calibration_key = pipeline_lib.fingerprint(self.s.model, self.s.seq_length, texts[0])
         self.train_key = pipeline_lib.fingerprint(texts[1])
@@ -179,7 +185,10 @@ class CompressRun(pipeline_lib.StagedJob):
             embeddings = self.eval_sets.embed(embedding_eval.keras_embedder(self.encoder), progress=bar)
             embedding_eval.save(stage.path("embeddings.npz"), embeddings)
             return {"probe": embedding_eval.probe_accuracies(embeddings, self.eval_sets.labels, self.s.probe_folds,
-                                                             self.s.probe_l2)}
+                                                             self.s.probe_l2),
+                    "in_domain_probe": embedding_eval.probe_accuracies(
+                        embeddings, self.eval_sets.in_domain_labels, self.s.probe_folds, self.s.probe_l2,
+                        group="in_domain_probes")}
 
         self._stage("reference", fn, self.text_key, settings=self.s.subset("probe_folds", "probe_l2"))
         self.reference_embeddings = embedding_eval.load(self._path("reference", "embeddings.npz"))
@@ -581,7 +590,8 @@ class CompressRun(pipeline_lib.StagedJob):
     # -- export, evaluate, latency ---------------------------------------------------------------------
 
     def export(self):
-        """TFLite fp32 + int8 of the original, ours and the layer drop; the L3 ONNX files; compressed_encoder.keras."""
+        """TFLite fp32 + int8 of the original, ours and the layer drop; ONNX files (L3's fp32; ONNX Runtime int8 of
+        L3, ours and the original); compressed_encoder.keras."""
         files = {"compressed_fp32": os.path.join(self.dir, "model_fp32.tflite"),
                  "compressed_int8": os.path.join(self.dir, "model_int8.tflite"),
                  "original_fp32": self._path("export", "original_fp32.tflite"),
@@ -591,6 +601,10 @@ class CompressRun(pipeline_lib.StagedJob):
                          layer_drop_int8=self._path("export", "layer_drop_int8.tflite"))
         if "minilm_l3" in self.s.baselines:
             files.update(minilm_l3_fp32=exports.l3_path(), minilm_l3_int8=self._path("export", "minilm_l3_int8.onnx"))
+            if not self.s.qat:  # ONNX has no form for QAT's fake-quant layers
+                # Ours and the original in L3's runtime and quantization too: a runtime's own speed is not ours.
+                files.update(original_int8_onnxruntime=self._path("export", "original_int8.onnx"),
+                             compressed_int8_onnxruntime=self._path("export", "compressed_int8.onnx"))
         final = self.models.get("qat", self.models["compressed"])
 
         def fn(stage):
@@ -613,7 +627,15 @@ class CompressRun(pipeline_lib.StagedJob):
             bar.update(len(sources) + 1)
             l3_weights = None
             if "minilm_l3_int8" in files:
-                l3_weights = exports.l3_int8(files["minilm_l3_fp32"], files["minilm_l3_int8"])
+                l3_weights = exports.onnx_int8(files["minilm_l3_fp32"], files["minilm_l3_int8"])
+            onnx_files = [(n, m) for n, m in (("original_int8_onnxruntime", self.encoder),
+                                              ("compressed_int8_onnxruntime", self.models["compressed"])) if n in files]
+            if onnx_files:
+                self.log(f"[{LOG_PREFIX}]   converting {len(onnx_files)} ONNX files (tf2onnx, ONNX Runtime int8)")
+                bar = distillation.progress_bar(len(onnx_files), unit="file")
+                for i, (name, model) in enumerate(onnx_files):
+                    exports.keras_onnx_int8(model, files[name])
+                    bar.update(i + 1)
             keras_path = os.path.join(self.dir, "compressed_encoder.keras")
             exports.encoder_view(final).save(keras_path)
             extra = self._extra_exports(self.models["compressed"])
@@ -622,9 +644,9 @@ class CompressRun(pipeline_lib.StagedJob):
 
         depends = [self.compressed_key, getattr(self, "layer_drop_key", None), getattr(self, "qat_key", None),
                    self.results.get("latency model", {}).get("_key")]
-        result = self._stage("export", fn, *depends, settings=self.s.subset("int8", "seq_length", "export",
-                                                                            "baselines"),
-                             cache=not self.s.qat)
+        # The names of the files it writes are part of its settings: a run from before a file was added redoes it.
+        settings = dict(self.s.subset("int8", "seq_length", "export", "baselines"), files=sorted(files))
+        result = self._stage("export", fn, *depends, settings=settings, cache=not self.s.qat)
         self.files = result["files"]
 
     def _extra_exports(self, model) -> dict:
@@ -659,6 +681,9 @@ class CompressRun(pipeline_lib.StagedJob):
         if "minilm_l3" in s.baselines:
             candidates["minilm_l3"] = (lambda: embedding_eval.l3_embedder(self.files["minilm_l3_fp32"]), False)
             candidates["minilm_l3_int8"] = (lambda: embedding_eval.l3_embedder(self.files["minilm_l3_int8"]), False)
+        for name in ("original_int8_onnxruntime", "compressed_int8_onnxruntime"):
+            if name in self.files:
+                candidates[name] = (lambda name=name: embedding_eval.artifact_embedder(self.files[name], seq), True)
 
         def fn(stage):
             results = {}
@@ -673,7 +698,8 @@ class CompressRun(pipeline_lib.StagedJob):
                 embeddings = sets.embed(make(), fidelity_sets, progress=bar)
                 embedding_eval.save(stage.path(f"{name}.npz"), embeddings)
                 results[name] = embedding_eval.quality(self.reference_embeddings, embeddings, sets.labels,
-                                                       s.probe_folds, s.probe_l2)
+                                                       s.probe_folds, s.probe_l2,
+                                                       in_domain_labels=sets.in_domain_labels)
                 self.log(f"[{LOG_PREFIX}]   {name}: " + _summary(results[name]))
             # The int8 file of ours against ours in Keras (not against the original): the export's own loss.
             keras_ours = embedding_eval.load(stage.path("compressed.npz"))
@@ -691,8 +717,8 @@ class CompressRun(pipeline_lib.StagedJob):
         def fn(stage):
             runners = {}
             for name, path in self.files.items():
-                if name.startswith("minilm_l3"):
-                    runners[name] = latency.l3_runner(path, threads=self.s.latency_threads)
+                if path.endswith(".onnx"):
+                    runners[name] = latency.onnx_runner(path, threads=self.s.latency_threads)
                 else:
                     runners[name] = latency.tflite_runner(path, threads=self.s.latency_threads)
             return {"timing": latency.side_by_side(runners, self._one_sentence(), rounds=self.s.latency_rounds,

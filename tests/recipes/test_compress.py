@@ -90,6 +90,24 @@ def test_probe_differences_are_those_of_the_probe_table(first_run):
         assert d["examples"] == sum(metrics["sentences"]["probe"].values())
 
 
+def test_the_probe_is_reported_in_domain_too(first_run):
+    """Debian (compressed on) has its section probe in-domain; its differences are those of its table."""
+    _, metrics, report_dir = first_run
+    rows = {row["key"]: row for row in metrics["models"]}
+    assert metrics["protocol"]["in_domain_probe_sets"] == ["debian_section"]
+    assert set(metrics["in_domain_probes"]) == {"debian_section"}
+    assert metrics["in_domain_probe_accuracy_compressed"] == rows["compressed_fp32"]["in_domain_probe"]
+    assert metrics["in_domain_probe_accuracy_original"] == rows["original_fp32"]["in_domain_probe"]
+    for key, other in (("ours_int8_minus_original", "original_fp32"),
+                       ("ours_int8_minus_layer_drop_int8", "layer_drop_int8")):
+        d = metrics["in_domain_probe_differences"][key]
+        assert d["difference"] == pytest.approx(
+            rows["compressed_int8"]["in_domain_probe"] - rows[other]["in_domain_probe"], abs=1e-12)
+        assert d["examples"] == metrics["sentences"]["in_domain_probe"]["debian_section"]
+    report = open(os.path.join(report_dir, "report.md")).read()
+    assert "## Linear probe (in-domain" in report and "| debian_section |" in report
+
+
 def test_the_structure_was_pruned_to_the_latency_budget(first_run):
     settings, metrics, _ = first_run
     structure = metrics["structure"]
@@ -123,7 +141,7 @@ def test_report_reads_in_pipeline_order_without_raw_dumps(first_run):
     assert "```" not in report and "{" not in report and "_key" not in report
     for label in ("| original, int8 |", "| ours, int8 |", "| layer drop, int8 |", "| MiniLM-L3, fp32 |"):
         assert label in report
-    # L3's int8 row names its weight width: 7-bit where this CPU has no VNNI (exports.l3_int8).
+    # L3's int8 row names its weight width: 7-bit where this CPU has no VNNI (exports.onnx_int8).
     bits = "8-bit" if exports.cpu_has_vnni() else "7-bit"
     assert metrics["l3_int8_weights"] == bits
     assert f"| MiniLM-L3, int8 | ONNX Runtime (dynamic int8, {bits} per-channel weights) |" in report
@@ -148,6 +166,34 @@ def test_int8_parity_is_recorded_and_the_files_exist(first_run):
     assert metrics["bytes"]["compressed_int8"] < 0.5 * metrics["bytes"]["compressed_fp32"]
     assert os.path.isdir(os.path.join(report_dir, "tensorboard", "distill"))
     assert os.listdir(os.path.join(report_dir, "tensorboard", "layer_drop"))
+
+
+def test_ours_and_the_original_run_in_l3s_runtime_too(first_run):
+    """ONNX Runtime int8 of ours and the original: timed beside L3, and close to what their Keras models compute."""
+    from recipes import embedding_eval
+
+    _, metrics, report_dir = first_run
+    rows = {row["key"]: row for row in metrics["models"]}
+    for key in ("original_int8_onnxruntime", "compressed_int8_onnxruntime"):
+        assert os.path.isfile(metrics["files"][key]) and metrics["bytes"][key] > 0 and metrics["latency_ms"][key] > 0
+    ort = metrics["onnxruntime"]
+    base = metrics["latency_ms"]["original_int8_onnxruntime"]
+    assert ort["compressed_int8_speedup"] == pytest.approx(base / metrics["latency_ms"]["compressed_int8_onnxruntime"])
+    assert ort["minilm_l3_int8_speedup"] == pytest.approx(base / metrics["latency_ms"]["minilm_l3_int8"])
+    # Every embedding of our ONNX int8 file against our Keras model's (stored by the evaluate stage).
+    stored = lambda name: embedding_eval.load(os.path.join(report_dir, "stages", "evaluate", f"{name}.npz"))  # noqa
+    keras_ours, onnx_ours = stored("compressed"), stored("compressed_int8_onnxruntime")
+    for group in ("in_domain", "heldout"):
+        for domain, a in keras_ours[group].items():
+            b = onnx_ours[group][domain]
+            cosine = np.sum(a * b, 1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+            assert cosine.min() > 0.99, (group, domain, cosine.min())
+    assert rows["compressed_int8_onnxruntime"]["heldout_cosine"] == pytest.approx(
+        rows["compressed_fp32"]["heldout_cosine"], abs=0.02)
+    report = open(os.path.join(report_dir, "report.md")).read()
+    bits = "8-bit" if exports.cpu_has_vnni() else "7-bit"
+    assert f"| ours, int8 | ONNX Runtime (dynamic int8, {bits} per-channel weights) |" in report
+    assert f"({ort['compressed_int8_speedup']:.2f}x), MiniLM-L3" in report
 
 
 def test_layer_drop_got_the_same_distillation_budget(first_run):
@@ -398,7 +444,7 @@ def _onnx_run(path: str, x: np.ndarray) -> np.ndarray:
     return ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
 
 
-def test_l3_int8_quantizes_from_a_private_copy_and_keeps_the_numbers(tmp_path, monkeypatch):
+def test_onnx_int8_quantizes_from_a_private_copy_and_keeps_the_numbers(tmp_path, monkeypatch):
     # onnxruntime writes "<input>-inferred.onnx" beside its input and deletes it: from the installed package's
     # directory, two runs at once deleted each other's file (seen with two pytest workers).
     from onnxruntime import quantization
@@ -415,7 +461,7 @@ def test_l3_int8_quantizes_from_a_private_copy_and_keeps_the_numbers(tmp_path, m
     monkeypatch.setattr(quantization, "quantize_dynamic", lambda path, *a, **k: inputs.append(path) or
                         original(path, *a, **k))
     target = str(tmp_path / "out" / "int8.onnx")
-    assert exports.l3_int8(source, target) == ("8-bit" if exports.cpu_has_vnni() else "7-bit")
+    assert exports.onnx_int8(source, target) == ("8-bit" if exports.cpu_has_vnni() else "7-bit")
     assert inputs and os.path.dirname(os.path.abspath(inputs[0])) != str(source_dir)
     assert os.listdir(source_dir) == ["model.onnx"] and os.listdir(tmp_path / "out") == ["int8.onnx"]
     x = rng.standard_normal((4, 16)).astype("float32")
@@ -424,7 +470,7 @@ def test_l3_int8_quantizes_from_a_private_copy_and_keeps_the_numbers(tmp_path, m
     np.testing.assert_allclose(_onnx_run(target, x), x @ weight, rtol=0.05, atol=0.1)
 
 
-def test_l3_int8_takes_7_bit_weights_exactly_where_the_cpu_lacks_vnni(tmp_path, monkeypatch):
+def test_onnx_int8_takes_7_bit_weights_exactly_where_the_cpu_lacks_vnni(tmp_path, monkeypatch):
     from onnxruntime import quantization
 
     from recipes import exports
@@ -437,7 +483,7 @@ def test_l3_int8_takes_7_bit_weights_exactly_where_the_cpu_lacks_vnni(tmp_path, 
                         original(*a, **k))
     for vnni in (True, False):
         monkeypatch.setattr(exports, "cpu_has_vnni", lambda: vnni)
-        assert exports.l3_int8(source, str(tmp_path / f"vnni_{vnni}.onnx")) == ("8-bit" if vnni else "7-bit")
+        assert exports.onnx_int8(source, str(tmp_path / f"vnni_{vnni}.onnx")) == ("8-bit" if vnni else "7-bit")
     assert chosen == [False, True]
     # 7-bit weights keep every pair sum in 16 bits on any x86 kernel: within 7-bit rounding of numpy's product.
     x = np.random.default_rng(2).standard_normal((4, 16)).astype("float32")

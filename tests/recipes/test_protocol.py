@@ -65,6 +65,34 @@ def test_other_heldout_choices_move_the_probe_and_the_domains():
     assert all(label.startswith("ch") and labels.count(label) >= 2 for label in labels)
 
 
+def _hash_position(text: str) -> float:
+    """Where a text falls in [0, 1): the split's documented hash (sha256, first 8 hex digits), recomputed here."""
+    import hashlib
+
+    return int(hashlib.sha256(text.encode()).hexdigest()[:8], 16) / 16**8
+
+
+def test_in_domain_probes_use_only_the_held_out_part_of_a_compression_domain():
+    p = _build(probe_sentences=400)
+    probes = p.evaluation.in_domain_probes
+    # Debian is compressed on by default, so its section probe is the in-domain one; the held-out ones stay put.
+    assert set(probes) == {"debian_section"} and set(p.evaluation.probes) == {"wordnet_lexname", "manual_chapter"}
+    texts, labels = probes["debian_section"]
+    assert 350 <= len(texts) <= 400 and set(texts) <= set(_labelled_texts(("debian",)))
+    assert all(labels.count(label) >= 2 for label in labels)
+    # calibration 0.1 + train 0.7 of the hash line: every probe text lies in the last 0.2, the held-out part.
+    assert min(_hash_position(t) for t in texts) >= 0.8
+    # ... so no probe text is a calibration or distillation sentence of the whole Debian domain, normalised or not.
+    normal = lambda t: " ".join(t.lower().split())  # noqa: E731
+    compressed = {normal(s.text) for s in corpus.load("debian") if _hash_position(s.text) < 0.8}
+    assert not {normal(t) for t in texts} & compressed
+    assert p.counts()["in_domain_probe"] == {"debian_section": len(texts)}
+    # With Debian held out instead, its probe is a held-out one and the other two sets are the in-domain ones.
+    other = _build(heldout_domains=("debian",)).evaluation
+    assert set(other.probes) == {"debian_section"} and set(other.in_domain_probes) == {"wordnet_lexname",
+                                                                                       "manual_chapter"}
+
+
 def test_compression_text_refuses_a_heldout_sentence():
     ok = corpus.Sentence("A sentence.", "bible")
     with pytest.raises(ValueError, match=r"Held-out domain\(s\) \['wordnet'\] in the train part"):
@@ -93,7 +121,7 @@ def test_user_files_are_domains_and_shared_sentences_stay_out_of_compression(tmp
     p = _build(train_files=str(mine), eval_files=str(theirs), vocab_domain=False, heldout_domains=())
     assert set(p.evaluation.heldout) == {"theirs.txt"} and p.compression.domains == ("mine.txt",)
     assert shared not in _texts(p.compression.calibration) + _texts(p.compression.train)
-    assert p.evaluation.probes == {}
+    assert p.evaluation.probes == {} and p.evaluation.in_domain_probes == {}
 
 
 # -- the spies: what the compression algorithms receive ----------------------------------------------------
