@@ -166,6 +166,32 @@ def test_a_narrowed_model_saves_loads_and_converts(tmp_path, low_rank_encoder):
     np.testing.assert_allclose(out, _outputs(narrowed), atol=1e-4)
 
 
+def test_a_narrowed_model_trains_quantization_aware_and_its_int8_file_matches(low_rank_encoder):
+    """QAT (TFMOT, our BERT configs) sees query/key and value projections of different widths: close to the float
+    model, trainable, and its full-integer TFLite file computes what the QAT model does."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from tfreparam import quantization
+    from tfreparam.quantization import convert
+
+    narrowed = narrowing.narrow_heads(low_rank_encoder, QK_RANK, VO_RANK)
+    qat = quantization.quantize_model(narrowed, calibration_data=INPUTS)
+    assert quantization.unquantized_layers(qat) == []
+    real = MASK == 1
+
+    def cosine(a, b):
+        return np.sum(a * b, -1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
+
+    quantized = qat(INPUTS, training=False)["sequence_output"].numpy()[real]
+    assert cosine(quantized, _outputs(narrowed)[real]).min() > 0.99
+    qat.compile(keras.optimizers.Adam(1e-3), loss={"sequence_output": "mse"})
+    history = qat.fit(INPUTS, {"sequence_output": _outputs(low_rank_encoder)}, epochs=2, batch_size=3, verbose=0)
+    assert np.all(np.isfinite(history.history["loss"]))
+    runner = Interpreter(model_content=convert.int8_tflite(qat, INPUTS, seq_length=SEQ)).get_signature_runner()
+    lite = runner(**INPUTS)["sequence_output"][real]
+    assert cosine(lite, qat(INPUTS, training=False)["sequence_output"].numpy()[real]).min() > 0.99
+
+
 @pytest.mark.parametrize("qk, vo, message", [
     (0, 4, "qk_width of block 0 must be an integer from 1 to the head's present width 8; got 0"),
     (9, 4, "qk_width of block 0 must be an integer from 1 to the head's present width 8; got 9"),
