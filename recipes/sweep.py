@@ -54,6 +54,12 @@ def _row(value, metrics: dict) -> dict:
     row["layer_drop_latency_ms"] = drop["int8"]["latency_ms"] if drop else None
     row["layer_drop_speedup"] = drop["int8"]["speedup"] if drop else None
     row["probe_minus_layer_drop"] = metrics.get("probe_differences", {}).get("ours_int8_minus_layer_drop_int8")
+    # The probe in-domain too (the compression domains' labelled sets, their held-out sentences), beside it.
+    models = {m["key"]: m for m in metrics.get("models", [])}
+    row["in_domain_probe_int8"] = models.get("compressed_int8", {}).get("in_domain_probe")
+    row["layer_drop_in_domain_probe_int8"] = models.get("layer_drop_int8", {}).get("in_domain_probe")
+    row["in_domain_probe_minus_layer_drop"] = metrics.get("in_domain_probe_differences", {}).get(
+        "ours_int8_minus_layer_drop_int8")
     row["beats_layer_drop"] = metrics.get("verdict", {}).get("beats_layer_drop")
     return row
 
@@ -61,20 +67,25 @@ def _row(value, metrics: dict) -> dict:
 def _table(rows: list[dict], knob: str) -> str:
     """sweep.md's table: each run's model beside its speed-matched layer drop, then the original's probe."""
     fmt = lambda v, p="{:.4f}": "—" if v is None else p.format(v)  # noqa: E731
-    lines = [f"| {knob} | held-out cosine | min | NN top-1 | in-domain cosine | probe (int8) | int8 ms | speed-up | "
-             "layer drop: blocks | cosine | probe (int8) | ms | speed-up | probe, ours − layer drop (95 %) | "
-             "beats it |", "|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---|"]
+    lines = [f"| {knob} | held-out cosine | min | NN top-1 | in-domain cosine | probe (int8) | in-domain probe | "
+             "int8 ms | speed-up | layer drop: blocks | cosine | probe (int8) | in-domain probe | ms | speed-up | "
+             "probe, ours − layer drop (95 %) | in-domain probe, ours − layer drop | beats it |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+
+    def points(d):
+        return "—" if not d else f"{100 * d['difference']:+.1f} points ({100 * d['low']:+.1f} to {100 * d['high']:+.1f})"
+
     for r in rows:
-        d = r["probe_minus_layer_drop"]
-        gap = "—" if not d else (f"{100 * d['difference']:+.1f} points ({100 * d['low']:+.1f} to "
-                                 f"{100 * d['high']:+.1f})")
+        gap, in_domain_gap = points(r["probe_minus_layer_drop"]), points(r.get("in_domain_probe_minus_layer_drop"))
         blocks = "—" if r["layer_drop_blocks"] is None else ", ".join(map(str, r["layer_drop_blocks"]))
         lines.append(f"| {r['value']:g} | {fmt(r['heldout_domain_cosine'])} | {fmt(r['heldout_domain_cosine_min'])} | "
                      f"{fmt(r['heldout_domain_nn_agreement'], '{:.3f}')} | {fmt(r['in_domain_cosine'])} | "
-                     f"{fmt(r['probe_int8'], '{:.3f}')} | {fmt(r['latency_ms'], '{:.2f}')} | "
-                     f"{fmt(r['speedup'], '{:.2f}x')} | {blocks} | {fmt(r['layer_drop_cosine'])} | "
-                     f"{fmt(r['layer_drop_probe_int8'], '{:.3f}')} | {fmt(r['layer_drop_latency_ms'], '{:.2f}')} | "
-                     f"{fmt(r['layer_drop_speedup'], '{:.2f}x')} | {gap} | "
+                     f"{fmt(r['probe_int8'], '{:.3f}')} | {fmt(r.get('in_domain_probe_int8'), '{:.3f}')} | "
+                     f"{fmt(r['latency_ms'], '{:.2f}')} | {fmt(r['speedup'], '{:.2f}x')} | {blocks} | "
+                     f"{fmt(r['layer_drop_cosine'])} | {fmt(r['layer_drop_probe_int8'], '{:.3f}')} | "
+                     f"{fmt(r.get('layer_drop_in_domain_probe_int8'), '{:.3f}')} | "
+                     f"{fmt(r['layer_drop_latency_ms'], '{:.2f}')} | {fmt(r['layer_drop_speedup'], '{:.2f}x')} | "
+                     f"{gap} | {in_domain_gap} | "
                      f"{'—' if r['beats_layer_drop'] is None else ('yes' if r['beats_layer_drop'] else 'no')} |")
     originals = sorted({round(r["probe_original_int8"], 3) for r in rows if r["probe_original_int8"] is not None})
     lines += ["", "Cosine, min, NN top-1 and in-domain cosine: the Keras (fp32) models; probe, ms and speed-up: the "
