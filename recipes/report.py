@@ -64,7 +64,7 @@ def _row(run_results, key):
            "in_domain_cosine": 1.0 if key == "original_fp32" else quality.get("in_domain_mean", {}).get("cosine"),
            "probe": (sum(reference_probe.values()) / len(reference_probe) if reference_probe else None)
            if key == "original_fp32" else quality.get("probe_mean"),
-           "in_domain_probe": _mean(run_results["reference"].get("in_domain_probe", {}))
+           "in_domain_probe": _mean(run_results["reference"]["in_domain_probe"])
            if key == "original_fp32" else quality.get("in_domain_probe_mean"),
            "latency_ms": timing[key]["ms"], "latency_median_ms": timing[key]["median_ms"],
            "speedup": timing[key].get("speedup"), "bytes": files[key]}
@@ -85,7 +85,7 @@ def metrics(run) -> dict:
         "seq_length": s.seq_length,
         "protocol": {"compression_domains": r["text"]["compression_domains"],
                      "heldout_domains": r["text"]["heldout_domains"], "probe_sets": r["text"]["probe_sets"],
-                     "in_domain_probe_sets": r["text"].get("in_domain_probe_sets", [])},
+                     "in_domain_probe_sets": r["text"]["in_domain_probe_sets"]},
         "sentences": r["text"]["sentences"],
         "heldout_domain_cosine": ours["heldout_mean"]["cosine"],
         "heldout_domain_cosine_min": ours["heldout_mean"]["cosine_min"],
@@ -106,12 +106,12 @@ def metrics(run) -> dict:
                                               for model in PROBE_MODELS}}
                    for name, acc in reference_probe.items()},
         # The probe on the compression domains' own labelled sets (held-out sentences of them): the in-domain side.
-        "in_domain_probe_accuracy_original": _mean(r["reference"].get("in_domain_probe", {})),
+        "in_domain_probe_accuracy_original": _mean(r["reference"]["in_domain_probe"]),
         "in_domain_probe_accuracy_compressed": ours.get("in_domain_probe_mean"),
         "in_domain_probes": {name: {"original": acc,
                                     **{model: evaluate.get(model, {}).get("in_domain_probe", {}).get(name)
                                        for model in PROBE_MODELS}}
-                             for name, acc in r["reference"].get("in_domain_probe", {}).items()},
+                             for name, acc in r["reference"]["in_domain_probe"].items()},
         "latency_ms": {row["key"]: row["latency_ms"] for row in rows},
         "speedup_vs_original_int8": {row["key"]: row["speedup"] for row in rows},
         "compressed_int8_speedup": by_key["compressed_int8"]["speedup"],
@@ -388,35 +388,20 @@ def _report_lines(m: dict) -> list[str]:
     lines += ["", f"In-domain minus held-out-domain cosine: {m['in_domain_minus_heldout_cosine']:+.4f}.", ""]
 
     if m["probes"]:
-        lines += ["## Linear probe (held-out domains)", "",
-                  "| labelled set | examples | original | ours fp32 | ours int8 | layer drop fp32 | layer drop int8 | "
-                  "MiniLM-L3 fp32 | MiniLM-L3 int8 |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-        for name, p in m["probes"].items():
-            lines.append(f"| {name} | {counts['probe'].get(name, '—')} | {p['original']:.3f} | "
-                         + " | ".join(_fmt(p.get(model), "{:.3f}") for model in PROBE_MODELS) + " |")
-        lines.append("")
-        names = {"ours_int8_minus_original": "the original", "ours_int8_minus_layer_drop_int8": "layer drop int8"}
+        lines += ["## Linear probe (held-out domains)", ""] + _probe_table(m["probes"], counts["probe"])
         for key, difference in m.get("probe_differences", {}).items():
-            lines.append(f"- Ours int8 minus {names[key]}, mean over the sets: {_points(difference)}; the interval "
-                         "resamples the probe sentences (paired, the same folds for both models), not the probe's "
-                         "training.")
+            lines.append(f"- Ours int8 minus {_PROBE_AGAINST[key]}, mean over the sets: {_points(difference)}; the "
+                         "interval resamples the probe sentences (paired, the same folds for both models), not the "
+                         "probe's training.")
         lines.append("")
     if m.get("in_domain_probes"):
         lines += ["## Linear probe (in-domain: the compression domains' labelled sets, held-out sentences)", "",
                   "The same probe on text of the domains compression saw, but only sentences the hash split kept out "
                   "of calibration and distillation: how much of the original a model keeps where it was compressed, "
-                  "to read beside the held-out domains above (which decide the verdict).", "",
-                  "| labelled set | examples | original | ours fp32 | ours int8 | layer drop fp32 | layer drop int8 | "
-                  "MiniLM-L3 fp32 | MiniLM-L3 int8 |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-        for name, p in m["in_domain_probes"].items():
-            lines.append(f"| {name} | {counts.get('in_domain_probe', {}).get(name, '—')} | {p['original']:.3f} | "
-                         + " | ".join(_fmt(p.get(model), "{:.3f}") for model in PROBE_MODELS) + " |")
-        lines.append("")
-        names = {"ours_int8_minus_original": "the original", "ours_int8_minus_layer_drop_int8": "layer drop int8"}
+                  "to read beside the held-out domains above (which decide the verdict).", ""]
+        lines += _probe_table(m["in_domain_probes"], counts["in_domain_probe"])
         for key, difference in m.get("in_domain_probe_differences", {}).items():
-            lines.append(f"- In-domain, ours int8 minus {names[key]}: {_points(difference)}.")
+            lines.append(f"- In-domain, ours int8 minus {_PROBE_AGAINST[key]}: {_points(difference)}.")
         lines.append("")
 
     lines += ["## Baselines", ""]
@@ -506,6 +491,19 @@ def _report_lines(m: dict) -> list[str]:
                   + ", ".join(_stage_name(n) for n in m["stages_skipped"]) + "."]
     lines += ["", f"Total: {m['seconds_total']:.1f} s.", ""]
     return lines
+
+
+_PROBE_AGAINST = {"ours_int8_minus_original": "the original", "ours_int8_minus_layer_drop_int8": "layer drop int8"}
+
+
+def _probe_table(probes: dict, counts: dict) -> list[str]:
+    """One row per labelled set: its examples, the original's accuracy, then each of PROBE_MODELS'."""
+    lines = ["| labelled set | examples | original | ours fp32 | ours int8 | layer drop fp32 | layer drop int8 | "
+             "MiniLM-L3 fp32 | MiniLM-L3 int8 |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, p in probes.items():
+        lines.append(f"| {name} | {counts.get(name, '—')} | {p['original']:.3f} | "
+                     + " | ".join(_fmt(p.get(model), "{:.3f}") for model in PROBE_MODELS) + " |")
+    return lines + [""]
 
 
 def _stage_name(name: str) -> str:
