@@ -9,7 +9,9 @@ embeddings into the figures of the report: per domain and averaged over the
 in-domain held-out parts and over the held-out domains (cosine to the
 original, min cosine, top-1 / top-10 neighbour agreement), and the linear
 probe's accuracy on each held-out domain's labelled set and, apart, on each
-compression domain's (its in-domain held-out texts only).
+compression domain's (its in-domain held-out texts only). `keras_depth_embedder`
+and `probe_by_depth` give the original's probe at every depth (embeddings, then
+after each block), which tells whether a labelled set rewards earlier features.
 """
 
 from __future__ import annotations
@@ -75,6 +77,28 @@ def keras_embedder(model):
     def embed(text_set: TextSet) -> np.ndarray:
         pooled = [_pool(call({k: tf.constant(b[k]) for k in names}).numpy(), b["input_mask"]) for b in text_set.batches]
         return text_set.unsort(np.concatenate(pooled))
+
+    return embed
+
+
+def keras_depth_embedder(model):
+    """embed(text_set) -> (depths, sentences, width): the mean-pooled `hidden_states` of a Keras encoder built with
+    `output_hidden_states` (the embedding layer's output, then each block's; the last is `sequence_output`)."""
+    import tensorflow as tf
+
+    names = [t.name.split(":")[0] for t in model.inputs]
+    if "hidden_states" not in model.output:
+        raise ValueError(f"{model.name} has no hidden_states output: build it with output_hidden_states=True.")
+    spec = {name: tf.TensorSpec((None, None), tf.int32) for name in names}
+    call = tf.function(lambda x: model(x, training=False)["hidden_states"], input_signature=[spec], autograph=False)
+
+    def embed(text_set: TextSet) -> np.ndarray:
+        pooled = []
+        for b in text_set.batches:
+            states = call({k: tf.constant(b[k]) for k in names})
+            pooled.append(np.stack([_pool(h.numpy(), b["input_mask"]) for h in states]))
+        by_depth = np.concatenate(pooled, axis=1)
+        return np.stack([text_set.unsort(depth) for depth in by_depth])
 
     return embed
 
@@ -169,6 +193,14 @@ def probe_accuracies(embeddings: dict, labels: dict, folds: int, l2: float, grou
     from tfreparam import fidelity
 
     return {name: fidelity.linear_probe(embeddings[group][name], labels[name], folds=folds, l2=l2)
+            for name in labels}
+
+
+def probe_by_depth(by_depth: dict, labels: dict, folds: int, l2: float, group: str = "probes") -> dict:
+    """{set: [k-fold accuracy at each depth]} from `keras_depth_embedder`'s embeddings of the sets in `group`."""
+    from tfreparam import fidelity
+
+    return {name: [fidelity.linear_probe(depth, labels[name], folds=folds, l2=l2) for depth in by_depth[group][name]]
             for name in labels}
 
 

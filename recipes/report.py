@@ -41,6 +41,7 @@ STAGE_NAMES = {"load": "load the checkpoint", "text": "split the text (protocol)
 # Models of the per-set probe table (evaluate stage keys), after the original.
 PROBE_MODELS = ("compressed", "compressed_int8", "layer_drop", "layer_drop_int8", "minilm_l3", "minilm_l3_int8")
 EQUAL_LATENCY = 1.05  # latencies within 5 % count as equal (the noise of side-by-side timing on a shared machine)
+EARLIER_DEPTH_MARGIN = 0.01  # an earlier block probing this much better than the output is named in the report
 
 
 def _fmt(value, pattern="{:.4f}"):
@@ -112,6 +113,9 @@ def metrics(run) -> dict:
                                     **{model: evaluate.get(model, {}).get("in_domain_probe", {}).get(name)
                                        for model in PROBE_MODELS}}
                              for name, acc in r["reference"]["in_domain_probe"].items()},
+        # The original's probe at each depth (embedding layer, then after each block; the last is its output).
+        "probe_by_depth_original": r["reference"]["probe_by_depth"],
+        "in_domain_probe_by_depth_original": r["reference"]["in_domain_probe_by_depth"],
         "latency_ms": {row["key"]: row["latency_ms"] for row in rows},
         "speedup_vs_original_int8": {row["key"]: row["speedup"] for row in rows},
         "compressed_int8_speedup": by_key["compressed_int8"]["speedup"],
@@ -252,12 +256,33 @@ def probe_differences(run, group: str = "probes") -> dict:
         return embedding_eval.probe_answers(embeddings, labels, s.probe_folds, s.probe_l2, group=group)
 
     stored = lambda name: run._path("evaluate", f"{name}.npz")  # noqa: E731
-    ours = answers(embedding_eval.load(stored("compressed_int8")))
-    out = {"ours_int8_minus_original": embedding_eval.probe_difference(ours, answers(run.reference_embeddings))}
+    ours, original = answers(embedding_eval.load(stored("compressed_int8"))), answers(run.reference_embeddings)
+    out = {"ours_int8_minus_original": embedding_eval.probe_difference(ours, original)}
     if os.path.isfile(stored("layer_drop_int8")):
-        out["ours_int8_minus_layer_drop_int8"] = embedding_eval.probe_difference(
-            ours, answers(embedding_eval.load(stored("layer_drop_int8"))))
+        layer_drop = answers(embedding_eval.load(stored("layer_drop_int8")))
+        out["ours_int8_minus_layer_drop_int8"] = embedding_eval.probe_difference(ours, layer_drop)
+        # The lead an exact copy of the original would have: the most any model faithful to it can reach.
+        out["original_minus_layer_drop_int8"] = embedding_eval.probe_difference(original, layer_drop)
     return out
+
+
+def earlier_depths_probe_better(by_depth: dict, margin: float = EARLIER_DEPTH_MARGIN) -> dict:
+    """{set: {"depth", "accuracy", "output"}} for each set whose probe is best at a depth before the output's, by
+    more than `margin`: there a layer drop can keep features the original's own output has lost, and a model
+    faithful to the output cannot beat one."""
+    out = {}
+    for name, accuracies in by_depth.items():
+        best = max(range(len(accuracies) - 1), key=accuracies.__getitem__)
+        if accuracies[best] - accuracies[-1] > margin:
+            out[name] = {"depth": best, "accuracy": accuracies[best], "output": accuracies[-1]}
+    return out
+
+
+def _depth_name(depth: int, depths: int) -> str:
+    """Depth 0 is the embedding layer's output; depth k the output of block k - 1 (blocks count from 0)."""
+    if depth == 0:
+        return "embeddings"
+    return f"after block {depth - 1}" + (" (output)" if depth == depths - 1 else "")
 
 
 def _points(d: dict) -> str:
@@ -342,7 +367,7 @@ def _report_lines(m: dict) -> list[str]:
              f"Linear probe: {', '.join(protocol['probe_sets']) or 'none (no labelled set for these domains)'}"
              + (f"; in-domain: {', '.join(protocol['in_domain_probe_sets'])}" if protocol.get("in_domain_probe_sets")
                 else "") + ".", "",
-             f"**{m['verdict']['text']}**", "",
+             f"**{m['verdict']['text']}**", ""] + _depth_note(m) + [
              "Targets of this job's default setting: "
              + "; ".join(f"{t['what']}: {'met' if t['met'] else '**not met**'}" for t in m["targets"].values())
              + ".", "",
@@ -390,7 +415,8 @@ def _report_lines(m: dict) -> list[str]:
     if m["probes"]:
         lines += ["## Linear probe (held-out domains)", ""] + _probe_table(m["probes"], counts["probe"])
         for key, difference in m.get("probe_differences", {}).items():
-            lines.append(f"- Ours int8 minus {_PROBE_AGAINST[key]}, mean over the sets: {_points(difference)}; the "
+            name = _DIFFERENCE_NAMES[key]
+            lines.append(f"- {name[:1].upper()}{name[1:]}, mean over the sets: {_points(difference)}; the "
                          "interval resamples the probe sentences (paired, the same folds for both models), not the "
                          "probe's training.")
         lines.append("")
@@ -401,9 +427,10 @@ def _report_lines(m: dict) -> list[str]:
                   "to read beside the held-out domains above (which decide the verdict).", ""]
         lines += _probe_table(m["in_domain_probes"], counts["in_domain_probe"])
         for key, difference in m.get("in_domain_probe_differences", {}).items():
-            lines.append(f"- In-domain, ours int8 minus {_PROBE_AGAINST[key]}: {_points(difference)}.")
+            lines.append(f"- In-domain, {_DIFFERENCE_NAMES[key]}: {_points(difference)}.")
         lines.append("")
 
+    lines += _depth_table(m)
     lines += ["## Baselines", ""]
     b = m["baselines"]
     if "int8" in b:
@@ -493,7 +520,10 @@ def _report_lines(m: dict) -> list[str]:
     return lines
 
 
-_PROBE_AGAINST = {"ours_int8_minus_original": "the original", "ours_int8_minus_layer_drop_int8": "layer drop int8"}
+_DIFFERENCE_NAMES = {"ours_int8_minus_original": "ours int8 minus the original",
+                     "ours_int8_minus_layer_drop_int8": "ours int8 minus layer drop int8",
+                     "original_minus_layer_drop_int8": "the original minus layer drop int8 (the lead of an exact copy "
+                                                       "of the original: the most a model faithful to it can reach)"}
 
 
 def _probe_table(probes: dict, counts: dict) -> list[str]:
@@ -503,6 +533,40 @@ def _probe_table(probes: dict, counts: dict) -> list[str]:
     for name, p in probes.items():
         lines.append(f"| {name} | {counts.get(name, '—')} | {p['original']:.3f} | "
                      + " | ".join(_fmt(p.get(model), "{:.3f}") for model in PROBE_MODELS) + " |")
+    return lines + [""]
+
+
+def _depth_note(m: dict) -> list[str]:
+    """A paragraph under the verdict for each held-out probe set on which an earlier block beats the output."""
+    earlier = earlier_depths_probe_better(m["probe_by_depth_original"])
+    if not earlier:
+        return []
+    depths = len(next(iter(m["probe_by_depth_original"].values())))
+    found = "; ".join(f"on {name} the original's own hidden state {_depth_name(e['depth'], depths)} probes "
+                      f"{e['accuracy']:.3f} against its output's {e['output']:.3f}" for name, e in earlier.items())
+    return [f"Read the probe with its depth profile: {found}. There a layer drop keeps features that the original's "
+            "output has lost, while a model faithful to the output inherits the output's accuracy; see \"The "
+            "original's probe by depth\" below.", ""]
+
+
+def _depth_table(m: dict) -> list[str]:
+    """The original's probe accuracy at each depth, held-out sets then in-domain ones."""
+    rows = [(name, "held-out", a) for name, a in m["probe_by_depth_original"].items()]
+    rows += [(name, "in-domain", a) for name, a in m["in_domain_probe_by_depth_original"].items()]
+    if not rows:
+        return []
+    depths = len(rows[0][2])
+    lines = ["## The original's probe by depth", "",
+             "The same probe (same folds) on the original's mean-pooled hidden states after each block. The last "
+             "column is the embedding every model is compared with; a set that probes better at an earlier depth "
+             "rewards a model that keeps that depth's features (a layer drop) over one faithful to the output.", "",
+             "| labelled set | text | " + " | ".join(_depth_name(d, depths) for d in range(depths)) + " |",
+             "|---|---|" + "---:|" * depths]
+    for name, text, accuracies in rows:
+        best = max(range(depths), key=accuracies.__getitem__)
+        lines.append(f"| {name} | {text} | "
+                     + " | ".join((f"**{a:.3f}**" if d == best else f"{a:.3f}") for d, a in enumerate(accuracies))
+                     + " |")
     return lines + [""]
 
 

@@ -38,6 +38,7 @@ LOG_PREFIX = "compress"
 CALIBRATION_BATCH = 32
 # Re-searches of the pruned structure when its measured int8 speed-up misses the target.
 MAX_PRUNE_CORRECTIONS = 2
+REFERENCE_OUTPUTS = ("embeddings", "probe", "in_domain_probe", "probe_by_depth", "in_domain_probe_by_depth")
 
 
 def log(line: str) -> None:
@@ -181,16 +182,25 @@ class CompressRun(pipeline_lib.StagedJob):
 
     def reference(self):
         def fn(stage):
-            bar = _counter(f"the original's embeddings of {self.eval_sets.count()} text sets", self.eval_sets.count())
-            embeddings = self.eval_sets.embed(embedding_eval.keras_embedder(self.encoder), progress=bar)
+            sets, folds, l2 = self.eval_sets, self.s.probe_folds, self.s.probe_l2
+            bar = _counter(f"the original's embeddings of {sets.count()} text sets", sets.count())
+            # Every block's output in one pass: the last is the embedding itself.
+            by_depth = sets.embed(embedding_eval.keras_depth_embedder(self.encoder), progress=bar)
+            embeddings = {group: {name: depths[-1] for name, depths in arrays.items()}
+                          for group, arrays in by_depth.items()}
             embedding_eval.save(stage.path("embeddings.npz"), embeddings)
-            return {"probe": embedding_eval.probe_accuracies(embeddings, self.eval_sets.labels, self.s.probe_folds,
-                                                             self.s.probe_l2),
-                    "in_domain_probe": embedding_eval.probe_accuracies(
-                        embeddings, self.eval_sets.in_domain_labels, self.s.probe_folds, self.s.probe_l2,
-                        group="in_domain_probes")}
+            return {"probe": embedding_eval.probe_accuracies(embeddings, sets.labels, folds, l2),
+                    "in_domain_probe": embedding_eval.probe_accuracies(embeddings, sets.in_domain_labels, folds, l2,
+                                                                       group="in_domain_probes"),
+                    # Where an earlier block probes better than the output, a layer drop keeps what a model
+                    # faithful to the output cannot: the report says so beside the verdict.
+                    "probe_by_depth": embedding_eval.probe_by_depth(by_depth, sets.labels, folds, l2),
+                    "in_domain_probe_by_depth": embedding_eval.probe_by_depth(by_depth, sets.in_domain_labels, folds,
+                                                                              l2, group="in_domain_probes")}
 
-        self._stage("reference", fn, self.text_key, settings=self.s.subset("probe_folds", "probe_l2"))
+        # `outputs` names what the stage writes: a cache from before one of them existed is redone.
+        self._stage("reference", fn, self.text_key,
+                    settings=dict(self.s.subset("probe_folds", "probe_l2"), outputs=REFERENCE_OUTPUTS))
         self.reference_embeddings = embedding_eval.load(self._path("reference", "embeddings.npz"))
 
     # -- the structured method ---------------------------------------------------------------

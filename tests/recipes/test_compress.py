@@ -81,11 +81,13 @@ def test_probe_differences_are_those_of_the_probe_table(first_run):
     """Recomputed per sentence from the stored embeddings, they equal the table's accuracies' differences."""
     _, metrics, _ = first_run
     rows = {row["key"]: row for row in metrics["models"]}
-    against = {"ours_int8_minus_original": "original_fp32", "ours_int8_minus_layer_drop_int8": "layer_drop_int8"}
-    assert set(metrics["probe_differences"]) == set(against)
-    for key, other in against.items():
+    pairs = {"ours_int8_minus_original": ("compressed_int8", "original_fp32"),
+             "ours_int8_minus_layer_drop_int8": ("compressed_int8", "layer_drop_int8"),
+             "original_minus_layer_drop_int8": ("original_fp32", "layer_drop_int8")}
+    assert set(metrics["probe_differences"]) == set(pairs)
+    for key, (model, other) in pairs.items():
         d = metrics["probe_differences"][key]
-        assert d["difference"] == pytest.approx(rows["compressed_int8"]["probe"] - rows[other]["probe"], abs=1e-12)
+        assert d["difference"] == pytest.approx(rows[model]["probe"] - rows[other]["probe"], abs=1e-12)
         assert d["low"] <= d["difference"] <= d["high"]
         assert d["examples"] == sum(metrics["sentences"]["probe"].values())
 
@@ -98,14 +100,47 @@ def test_the_probe_is_reported_in_domain_too(first_run):
     assert set(metrics["in_domain_probes"]) == {"debian_section"}
     assert metrics["in_domain_probe_accuracy_compressed"] == rows["compressed_fp32"]["in_domain_probe"]
     assert metrics["in_domain_probe_accuracy_original"] == rows["original_fp32"]["in_domain_probe"]
-    for key, other in (("ours_int8_minus_original", "original_fp32"),
-                       ("ours_int8_minus_layer_drop_int8", "layer_drop_int8")):
+    for key, model, other in (("ours_int8_minus_original", "compressed_int8", "original_fp32"),
+                              ("ours_int8_minus_layer_drop_int8", "compressed_int8", "layer_drop_int8"),
+                              ("original_minus_layer_drop_int8", "original_fp32", "layer_drop_int8")):
         d = metrics["in_domain_probe_differences"][key]
         assert d["difference"] == pytest.approx(
-            rows["compressed_int8"]["in_domain_probe"] - rows[other]["in_domain_probe"], abs=1e-12)
+            rows[model]["in_domain_probe"] - rows[other]["in_domain_probe"], abs=1e-12)
         assert d["examples"] == metrics["sentences"]["in_domain_probe"]["debian_section"]
     report = open(os.path.join(report_dir, "report.md")).read()
     assert "## Linear probe (in-domain" in report and "| debian_section |" in report
+    assert "- In-domain, the original minus layer drop int8 (the lead of an exact copy" in report
+
+
+def test_the_originals_probe_by_depth_ends_at_its_output(first_run, tiny_bert):
+    """One probe per depth (embeddings, then each block); the last is the table's figure for the original."""
+    _, metrics, report_dir = first_run
+    with open(os.path.join(tiny_bert, "config.json")) as f:
+        depths = json.load(f)["num_hidden_layers"] + 1
+    for by_depth, table in ((metrics["probe_by_depth_original"], metrics["probes"]),
+                            (metrics["in_domain_probe_by_depth_original"], metrics["in_domain_probes"])):
+        assert set(by_depth) == set(table)
+        for name, accuracies in by_depth.items():
+            assert len(accuracies) == depths and all(0 <= a <= 1 for a in accuracies)
+            assert accuracies[-1] == table[name]["original"]
+    report = open(os.path.join(report_dir, "report.md")).read()
+    assert "## The original's probe by depth" in report and "| after block 1 (output) |" in report
+
+
+def test_the_depth_note_names_an_earlier_block_that_probes_better():
+    from recipes import report
+
+    # The demo's original on its two held-out sets (embeddings, after blocks 0-5): lexname peaks inside the model.
+    by_depth = {"wordnet_lexname": [0.479, 0.485, 0.511, 0.523, 0.545, 0.546, 0.523],
+                "manual_chapter": [0.558, 0.562, 0.568, 0.579, 0.593, 0.621, 0.658]}
+    earlier = report.earlier_depths_probe_better(by_depth)
+    assert earlier == {"wordnet_lexname": {"depth": 5, "accuracy": 0.546, "output": 0.523}}
+    note = " ".join(report._depth_note({"probe_by_depth_original": by_depth}))
+    assert "on wordnet_lexname the original's own hidden state after block 4 probes 0.546 against its output's 0.523" \
+        in note and "manual_chapter" not in note
+    # Within the margin it is not named.
+    assert report.earlier_depths_probe_better({"s": [0.50, 0.529, 0.523]}) == {}
+    assert report._depth_note({"probe_by_depth_original": {"s": [0.50, 0.529, 0.523]}}) == []
 
 
 def test_the_structure_was_pruned_to_the_latency_budget(first_run):

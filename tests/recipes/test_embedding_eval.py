@@ -1,0 +1,62 @@
+"""`recipes.embedding_eval`'s depth embedder against independent per-sentence forwards and a truncated encoder."""
+
+import numpy as np
+import pytest
+
+import bert
+from recipes import embedding_eval
+
+SENTENCES = ["A dog barked.", "The committee adjourned after a long debate about the budget.",
+             "Rain.", "Install the package with apt and restart the service afterwards.", "Light travels fast."]
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_bert):
+    encoder = bert.load_hf(tiny_bert, output_hidden_states=True).model
+    preprocessor = bert.Preprocessor.from_pretrained(tiny_bert, seq_length=16)
+    # Batches of two over length-sorted text: the padding differs between batches and the order must be undone.
+    return encoder, preprocessor, embedding_eval.TextSet(preprocessor, SENTENCES, batch_size=2)
+
+
+def test_each_depth_is_the_mean_of_that_blocks_tokens_per_sentence(tiny):
+    encoder, preprocessor, text_set = tiny
+    by_depth = embedding_eval.keras_depth_embedder(encoder)(text_set)
+    depths = len(encoder.output["hidden_states"])
+    assert by_depth.shape == (depths, len(SENTENCES), 32)
+    for i, sentence in enumerate(SENTENCES):
+        # One sentence alone, padded to 16: the pooled tokens are those of its mask (numpy mean, not our pooling).
+        x = preprocessor([sentence])
+        states = encoder(x, training=False)["hidden_states"]
+        length = int(np.asarray(x["input_mask"]).sum())
+        for depth in range(depths):
+            expected = np.asarray(states[depth])[0, :length].mean(axis=0)
+            np.testing.assert_allclose(by_depth[depth, i], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_the_last_depth_is_the_embedding_and_an_earlier_one_is_a_truncated_encoder(tiny):
+    encoder, _, text_set = tiny
+    by_depth = embedding_eval.keras_depth_embedder(encoder)(text_set)
+    np.testing.assert_allclose(by_depth[-1], embedding_eval.keras_embedder(encoder)(text_set), rtol=1e-5, atol=1e-6)
+    first_block = bert.drop_blocks(encoder, [0])
+    np.testing.assert_allclose(by_depth[1], embedding_eval.keras_embedder(first_block)(text_set), rtol=1e-4,
+                               atol=1e-5)
+
+
+def test_a_model_without_hidden_states_is_refused(tiny_bert):
+    plain = bert.load_hf(tiny_bert).model
+    with pytest.raises(ValueError, match="output_hidden_states=True"):
+        embedding_eval.keras_depth_embedder(plain)
+
+
+def test_probe_by_depth_probes_each_depth_with_the_same_folds():
+    from tfreparam import fidelity
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1, 2], 40)
+    informative = rng.standard_normal((120, 8)) + 3.0 * np.eye(3, 8)[labels]  # separable by label
+    noise = rng.standard_normal((120, 8))
+    by_depth = {"probes": {"toy": np.stack([noise, informative])}}
+    accuracies = embedding_eval.probe_by_depth(by_depth, {"toy": labels}, folds=3, l2=1e-2)["toy"]
+    assert accuracies == [fidelity.linear_probe(noise, labels, folds=3, l2=1e-2),
+                          fidelity.linear_probe(informative, labels, folds=3, l2=1e-2)]
+    assert accuracies[1] > 0.9 and accuracies[0] < 0.6
