@@ -544,9 +544,12 @@ def _depth_note(m: dict) -> list[str]:
     depths = len(next(iter(m["probe_by_depth_original"].values())))
     found = "; ".join(f"on {name} the original's own hidden state {_depth_name(e['depth'], depths)} probes "
                       f"{e['accuracy']:.3f} against its output's {e['output']:.3f}" for name, e in earlier.items())
+    ceiling = m.get("probe_differences", {}).get("original_minus_layer_drop_int8")
+    lead = (f" Even an exact copy of the original would lead the layer drop by {_points(ceiling)} on the held-out "
+            "probe." if ceiling else "")
     return [f"Read the probe with its depth profile: {found}. There a layer drop keeps features that the original's "
             "output has lost, while a model faithful to the output inherits the output's accuracy; see \"The "
-            "original's probe by depth\" below.", ""]
+            f"original's probe by depth\" below.{lead}", ""]
 
 
 def _depth_table(m: dict) -> list[str]:

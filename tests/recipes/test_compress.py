@@ -138,6 +138,10 @@ def test_the_depth_note_names_an_earlier_block_that_probes_better():
     note = " ".join(report._depth_note({"probe_by_depth_original": by_depth}))
     assert "on wordnet_lexname the original's own hidden state after block 4 probes 0.546 against its output's 0.523" \
         in note and "manual_chapter" not in note
+    ceiling = {"difference": 0.006, "low": -0.008, "high": 0.020, "examples": 3318}
+    note = " ".join(report._depth_note({"probe_by_depth_original": by_depth,
+                                        "probe_differences": {"original_minus_layer_drop_int8": ceiling}}))
+    assert "an exact copy of the original would lead the layer drop by +0.6 points (95 % interval -0.8 to +2.0" in note
     # Within the margin it is not named.
     assert report.earlier_depths_probe_better({"s": [0.50, 0.529, 0.523]}) == {}
     assert report._depth_note({"probe_by_depth_original": {"s": [0.50, 0.529, 0.523]}}) == []
