@@ -110,7 +110,9 @@ def test_a_row_sets_ours_beside_its_layer_drop_and_the_original(tmp_path):
                              "layer_drop": {"keep_blocks": [0, 1, 2, 3], "heldout_domain_cosine": 0.706,
                                             "int8": {"probe": 0.585, "latency_ms": 3.31, "speedup": 1.52}}},
                "probe_differences": {"ours_int8_minus_layer_drop_int8": {"difference": -0.014, "low": -0.029,
-                                                                         "high": 0.0, "examples": 3318}},
+                                                                         "high": 0.0, "examples": 3318},
+                                     "original_minus_layer_drop_int8": {"difference": 0.006, "low": -0.008,
+                                                                        "high": 0.02, "examples": 3318}},
                "models": [{"key": "compressed_int8", "in_domain_probe": 0.553},
                           {"key": "layer_drop_int8", "in_domain_probe": 0.521}],
                "in_domain_probe_differences": {"ours_int8_minus_layer_drop_int8": {
@@ -123,8 +125,10 @@ def test_a_row_sets_ours_beside_its_layer_drop_and_the_original(tmp_path):
     line = sweep._table([row], "target speed-up").splitlines()[2]
     assert line.startswith("| 1.45 | 0.9300 | 0.6600 | 0.570 | 0.9500 | 0.571 | 0.553 | 3.51 | 1.43x | 0, 1, 2, 3 | "
                            "0.7060 |")
-    assert line.endswith("| 0.585 | 0.521 | 3.31 | 1.52x | -1.4 points (-2.9 to +0.0) | +3.2 points (+1.6 to +5.0) "
-                         "| no |")
+    assert line.endswith("| 0.585 | 0.521 | 3.31 | 1.52x | -1.4 points (-2.9 to +0.0) | +0.6 points (-0.8 to +2.0) "
+                         "| +3.2 points (+1.6 to +5.0) | no |")
+    header, rule = sweep._table([row], "target speed-up").splitlines()[:2]
+    assert header.count("|") == rule.count("|") == line.count("|")
     assert sweep._table([row], "target speed-up").endswith("The original's int8 file, probe accuracy: 0.588.")
     from recipes import report
 
