@@ -189,14 +189,14 @@ class CompressRun(pipeline_lib.StagedJob):
             embeddings = {group: {name: depths[-1] for name, depths in arrays.items()}
                           for group, arrays in by_depth.items()}
             embedding_eval.save(stage.path("embeddings.npz"), embeddings)
-            return {"probe": embedding_eval.probe_accuracies(embeddings, sets.labels, folds, l2),
-                    "in_domain_probe": embedding_eval.probe_accuracies(embeddings, sets.in_domain_labels, folds, l2,
-                                                                       group="in_domain_probes"),
-                    # Where an earlier block probes better than the output, a layer drop keeps what a model
-                    # faithful to the output cannot: the report says so beside the verdict.
-                    "probe_by_depth": embedding_eval.probe_by_depth(by_depth, sets.labels, folds, l2),
-                    "in_domain_probe_by_depth": embedding_eval.probe_by_depth(by_depth, sets.in_domain_labels, folds,
-                                                                              l2, group="in_domain_probes")}
+            # Where an earlier block probes better than the output, a layer drop keeps what a model faithful to
+            # the output cannot: the report says so beside the verdict. The last depth is the output's probe.
+            probes = embedding_eval.probe_by_depth(by_depth, sets.labels, folds, l2)
+            in_domain = embedding_eval.probe_by_depth(by_depth, sets.in_domain_labels, folds, l2,
+                                                      group="in_domain_probes")
+            return {"probe": {name: a[-1] for name, a in probes.items()},
+                    "in_domain_probe": {name: a[-1] for name, a in in_domain.items()},
+                    "probe_by_depth": probes, "in_domain_probe_by_depth": in_domain}
 
         # `outputs` names what the stage writes: a cache from before one of them existed is redone.
         self._stage("reference", fn, self.text_key,

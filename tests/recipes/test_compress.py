@@ -113,7 +113,8 @@ def test_the_probe_is_reported_in_domain_too(first_run):
 
 
 def test_the_originals_probe_by_depth_ends_at_its_output(first_run, tiny_bert):
-    """One probe per depth (embeddings, then each block); the last is the table's figure for the original."""
+    """One probe per depth (embeddings, then each block); the last, the output's, is the original's figure in the
+    probe tables (the depth embedder's numbers are checked against independent forwards in test_embedding_eval)."""
     _, metrics, report_dir = first_run
     with open(os.path.join(tiny_bert, "config.json")) as f:
         depths = json.load(f)["num_hidden_layers"] + 1
