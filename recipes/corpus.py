@@ -82,7 +82,8 @@ def _digest(sentence: str) -> str:
     return hashlib.sha256(sentence.encode()).hexdigest()
 
 
-def _bounds(fractions: dict[str, float]):
+def split_bounds(fractions: dict[str, float]):
+    """The bounds `part_of` takes (cumulative shares of the fractions): computed once for many texts."""
     total = sum(fractions.values())
     if not fractions or total <= 0 or any(f < 0 for f in fractions.values()):
         raise ValueError(f"fractions must be non-negative and sum to more than 0, got {fractions}.")
@@ -93,18 +94,15 @@ def _bounds(fractions: dict[str, float]):
     return bounds
 
 
-def _part(text: str, bounds) -> str:
+def part_of(text: str, bounds) -> str:
+    """The part (a key of the fractions) that `split` and `split_parts` put `text` in."""
     position = int(_digest(text)[:8], 16) / 16**8
     return next(name for bound, name in bounds if position < bound or bound == bounds[-1][0])
 
 
 def split(sentences, fractions: dict[str, float]) -> dict[str, list[str]]:
     """Disjoint parts by a stable hash of each sentence, e.g. {"calibration": .1, "train": .8, "heldout": .1}."""
-    bounds = _bounds(fractions)
-    parts = {name: [] for name in fractions}
-    for sentence in sentences:
-        parts[_part(sentence, bounds)].append(sentence)
-    return parts
+    return split_parts(sentences, fractions)
 
 
 # -- the snapshot: domains and labelled sets ------------------------------------------
@@ -152,22 +150,12 @@ def load(domains=None) -> list[Sentence]:
     return [s for s in _snapshot() if s.domain in wanted]
 
 
-def split_bounds(fractions: dict[str, float]):
-    """The bounds `part_of` takes: computed once for many texts."""
-    return _bounds(fractions)
-
-
-def part_of(text: str, bounds) -> str:
-    """The part (a key of the fractions) that `split` and `split_parts` put `text` in."""
-    return _part(text, bounds)
-
-
 def split_parts(sentences, fractions: dict[str, float]) -> dict[str, list]:
     """`split` for `Sentence`s (or plain strings): each one's part depends on its text only."""
-    bounds = _bounds(fractions)
+    bounds = split_bounds(fractions)
     parts = {name: [] for name in fractions}
     for sentence in sentences:
-        parts[_part(sentence.text if isinstance(sentence, Sentence) else sentence, bounds)].append(sentence)
+        parts[part_of(sentence.text if isinstance(sentence, Sentence) else sentence, bounds)].append(sentence)
     return parts
 
 
