@@ -3,7 +3,7 @@
 A `TextSet` tokenizes its sentences once (sorted by length, each batch cut
 to its longest sentence); embeddings come back in the sentences' own order
 whichever runtime computes them: a Keras encoder, a `.tflite` / ONNX file of
-one (fixed sequence length: batches are padded back to it), or the
+one (padded back to the length a file fixes, as TFLite files do), or the
 sentence-transformers MiniLM-L3 ONNX graph. `quality` turns a model's
 embeddings into the figures of the report: per domain and averaged over the
 in-domain held-out parts and over the held-out domains (cosine to the
@@ -103,16 +103,20 @@ def keras_depth_embedder(model):
     return embed
 
 
-def artifact_embedder(path: str, seq_length: int):
-    """embed(text_set) from an exported `.tflite` / `.onnx` file of an encoder (sequence_output, fixed length)."""
+def artifact_embedder(path: str):
+    """embed(text_set) from an exported `.tflite` / `.onnx` file of an encoder (its `sequence_output`)."""
     from tfreparam.export import runners
 
     # Every core: the TFLite interpreter's default is one thread (evaluation took 6 of a demo's 24 minutes on
     # 2 cores); the outputs are bit-identical to one thread's.
     runner = runners.runner_for(path, threads=os.cpu_count())
+    # Padded back only where the file fixes the length (TFLite): an ONNX graph runs each batch at its own length,
+    # half the tokens of the demo's evaluation text, for the same masked outputs.
+    length = runner.sequence_length
 
     def embed(text_set: TextSet) -> np.ndarray:
-        pooled = [_pool(runner.run(b)["sequence_output"], b["input_mask"]) for b in text_set.padded(seq_length)]
+        batches = text_set.batches if length is None else text_set.padded(length)
+        pooled = [_pool(runner.run(b)["sequence_output"], b["input_mask"]) for b in batches]
         return text_set.unsort(np.concatenate(pooled))
 
     return embed

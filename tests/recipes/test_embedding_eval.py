@@ -60,3 +60,20 @@ def test_probe_by_depth_probes_each_depth_with_the_same_folds():
     assert accuracies == [fidelity.linear_probe(noise, labels, folds=3, l2=1e-2),
                           fidelity.linear_probe(informative, labels, folds=3, l2=1e-2)]
     assert accuracies[1] > 0.9 and accuracies[0] < 0.6
+
+
+def test_exported_files_embed_as_the_keras_encoder_at_the_length_each_file_takes(tiny, tmp_path):
+    from recipes import exports
+    from tfreparam import export as export_lib
+    from tfreparam.export import runners
+
+    encoder, _, text_set = tiny
+    expected = embedding_eval.keras_embedder(encoder)(text_set)
+    tflite_path = exports.write(str(tmp_path / "tiny.tflite"), exports.tflite_bytes(encoder, None, 16))
+    onnx_path = str(tmp_path / "tiny.onnx")
+    export_lib.onnx(exports.encoder_view(encoder), onnx_path)
+    # The TFLite file fixes the length (its batches are padded back to 16); the ONNX graph takes any length.
+    assert runners.runner_for(tflite_path).sequence_length == 16
+    assert runners.runner_for(onnx_path).sequence_length is None
+    for path in (tflite_path, onnx_path):
+        np.testing.assert_allclose(embedding_eval.artifact_embedder(path)(text_set), expected, rtol=1e-4, atol=1e-5)

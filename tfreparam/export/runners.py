@@ -26,6 +26,11 @@ class _Runner:
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict:
         raise NotImplementedError
 
+    @property
+    def sequence_length(self) -> int | None:
+        """The sequence length the artifact's token inputs are fixed to, or None where any length runs."""
+        return None
+
     def latency(self, inputs: Mapping[str, np.ndarray], repeats: int = 20, warmup: int = 3) -> dict:
         """Wall-clock milliseconds per call: median, mean and min over `repeats`."""
         for _ in range(warmup):
@@ -58,6 +63,10 @@ class TFLiteRunner(_Runner):
         self.runner = self.interpreter.get_signature_runner(signature)
         self.input_details = self.runner.get_input_details()
 
+    @property
+    def sequence_length(self):
+        return _fixed_length(d["shape_signature"] for d in self.input_details.values())
+
     def run(self, inputs):
         _check_names(self.input_details, inputs, "The .tflite model")
         feed = {}
@@ -73,6 +82,13 @@ class TFLiteRunner(_Runner):
         outputs = self.runner(**feed)
         details = self.runner.get_output_details()
         return {name: _dequantize(value, details[name]) for name, value in outputs.items()}
+
+
+def _fixed_length(shapes) -> int | None:
+    """The second axis of the rank-2 (batch, sequence) inputs where it is a fixed size; None where it is dynamic."""
+    lengths = {shape[1] for shape in map(list, shapes) if len(shape) == 2}
+    fixed = [n for n in lengths if isinstance(n, (int, np.integer)) and n > 0]
+    return int(fixed[0]) if len(fixed) == 1 and len(lengths) == 1 else None
 
 
 def _quantize(value, detail):
@@ -102,6 +118,11 @@ class OnnxRunner(_Runner):
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.inputs = {i.name: i for i in self.session.get_inputs()}
         self.output_names = [o.name for o in self.session.get_outputs()]
+
+    @property
+    def sequence_length(self):
+        # onnxruntime gives a dynamic axis as its symbolic name (a string) or None.
+        return _fixed_length(i.shape for i in self.inputs.values())
 
     _DTYPES = {"tensor(int32)": np.int32, "tensor(int64)": np.int64, "tensor(float)": np.float32,
                "tensor(double)": np.float64, "tensor(bool)": np.bool_}
