@@ -462,6 +462,29 @@ def test_the_verdict_names_each_probe_set_when_the_mean_decides():
     difference = {"difference": -0.0123, "low": -0.0241, "high": 0.0004, "examples": 4000}
     assert ("probe difference -1.2 points (95 % interval -2.4 to +0.0, 4,000 sentences)"
             in report.verdict(by_key, probes, difference)["text"])
+    assert report.verdict(by_key, probes, difference)["probe_lead"] == "within noise"
+
+
+def test_a_win_whose_probe_lead_is_within_noise_is_written_as_a_match_on_the_probe():
+    from recipes import report
+
+    row = lambda cos, probe, ms: {"heldout_cosine": cos, "probe": probe, "latency_ms": ms}  # noqa: E731
+    by_key = {"compressed_int8": row(0.93, 0.585, 10.11), "layer_drop_int8": row(0.71, 0.584, 10.12)}
+    noisy = {"difference": 0.001, "low": -0.013, "high": 0.014, "examples": 3318}
+    tie = report.verdict(by_key, None, noisy)
+    assert tie["beats_layer_drop"] is True and tie["probe_lead"] == "within noise"
+    assert "matches it on the probe" in tie["text"] and "beats the layer-drop baseline:" not in tie["text"]
+    clear = report.verdict(by_key, None, dict(noisy, low=0.002))
+    assert clear["probe_lead"] == "clear" and "Our int8 model beats the layer-drop baseline: held-out" in clear["text"]
+    assert report.verdict(by_key, None, dict(noisy, high=-0.001))["probe_lead"] == "behind"
+    assert report.verdict(by_key)["probe_lead"] is None
+    # The bar is met as measured; the targets line says the probe's side of it is noise.
+    metrics = {"compressed_int8_speedup": 1.5, "heldout_domain_cosine": 0.93, "probe_accuracy_compressed": 0.585,
+               "probe_accuracy_original": 0.591, "in_domain_minus_heldout_cosine": 0.025, "verdict": tie}
+    assert report.targets(metrics)["layer_drop"] == {
+        "what": "higher cosine and probe than layer drop at equal or lower latency", "met": True,
+        "note": "as measured; the probe lead is within noise"}
+    assert "note" not in report.targets(dict(metrics, verdict=clear))["layer_drop"]
 
 
 def _matmul_onnx(path: str, weight: np.ndarray) -> str:
