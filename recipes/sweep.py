@@ -63,6 +63,7 @@ def _row(value, metrics: dict) -> dict:
     row["in_domain_probe_minus_layer_drop"] = metrics.get("in_domain_probe_differences", {}).get(
         "ours_int8_minus_layer_drop_int8")
     row["beats_layer_drop"] = metrics.get("verdict", {}).get("beats_layer_drop")
+    row["probe_lead"] = metrics.get("verdict", {}).get("probe_lead")  # "within noise": a win that is a probe tie
     return row
 
 
@@ -90,13 +91,22 @@ def _table(rows: list[dict], knob: str) -> str:
                      f"{fmt(r.get('layer_drop_in_domain_probe_int8'), '{:.3f}')} | "
                      f"{fmt(r['layer_drop_latency_ms'], '{:.2f}')} | {fmt(r['layer_drop_speedup'], '{:.2f}x')} | "
                      f"{gap} | {ceiling} | {in_domain_gap} | "
-                     f"{'—' if r['beats_layer_drop'] is None else ('yes' if r['beats_layer_drop'] else 'no')} |")
+                     f"{_beats(r)} |")
     originals = sorted({round(r["probe_original_int8"], 3) for r in rows if r["probe_original_int8"] is not None})
     lines += ["", "Cosine, min, NN top-1 and in-domain cosine: the Keras (fp32) models; probe, ms and speed-up: the "
               "int8 files."]
     if originals:  # every run times and probes the original's int8 file again; the same text gives the same figure
         lines[-1] += " The original's int8 file, probe accuracy: " + " / ".join(f"{v:.3f}" for v in originals) + "."
     return "\n".join(lines)
+
+
+def _beats(row: dict) -> str:
+    """The verdict as measured; a win whose probe lead is inside its interval says so."""
+    if row["beats_layer_drop"] is None:
+        return "—"
+    if row["beats_layer_drop"] and row.get("probe_lead") == "within noise":
+        return "yes (probe within noise)"
+    return "yes" if row["beats_layer_drop"] else "no"
 
 
 def sweep(settings, values) -> list[dict]:

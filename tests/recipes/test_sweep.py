@@ -130,6 +130,10 @@ def test_a_row_sets_ours_beside_its_layer_drop_and_the_original(tmp_path):
     header, rule = sweep._table([row], "target speed-up").splitlines()[:2]
     assert header.count("|") == rule.count("|") == line.count("|")
     assert sweep._table([row], "target speed-up").endswith("The original's int8 file, probe accuracy: 0.588.")
+    tie = sweep._row(1.45, dict(metrics, verdict={"beats_layer_drop": True, "probe_lead": "within noise"}))
+    assert sweep._table([tie], "target speed-up").splitlines()[2].endswith("| yes (probe within noise) |")
+    clear = sweep._row(1.45, dict(metrics, verdict={"beats_layer_drop": True, "probe_lead": "clear"}))
+    assert sweep._table([clear], "target speed-up").splitlines()[2].endswith("| yes |")
     from recipes import report
 
     report.plot_sweep(str(tmp_path / "sweep.png"), [row])  # both panels: cosine, and probe with the original's line
