@@ -77,3 +77,26 @@ def test_exported_files_embed_as_the_keras_encoder_at_the_length_each_file_takes
     assert runners.runner_for(onnx_path).sequence_length is None
     for path in (tflite_path, onnx_path):
         np.testing.assert_allclose(embedding_eval.artifact_embedder(path)(text_set), expected, rtol=1e-4, atol=1e-5)
+
+
+def _token_graph(path, lengths):
+    """An ONNX graph with one int32 (batch, length) input per entry of `lengths` (a size, or a name: dynamic)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    names = [f"input_{i}" for i in range(len(lengths))]
+    inputs = [helper.make_tensor_value_info(n, TensorProto.INT32, ["batch", n_len]) for n, n_len in zip(names, lengths)]
+    output = helper.make_tensor_value_info("out", TensorProto.INT32, None)
+    graph = helper.make_graph([helper.make_node("Identity", [names[0]], ["out"])], "tokens", inputs, [output])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, str(path))
+    return str(path)
+
+
+def test_a_file_fixes_the_length_any_of_its_token_inputs_fixes_and_conflicting_lengths_are_refused(tmp_path):
+    from tfreparam.export import runners
+
+    assert runners.runner_for(_token_graph(tmp_path / "a.onnx", ["seq", "seq"])).sequence_length is None
+    assert runners.runner_for(_token_graph(tmp_path / "b.onnx", ["seq", 16])).sequence_length == 16
+    with pytest.raises(ValueError, match=r"fix different sequence lengths \[8, 16\]"):
+        runners.runner_for(_token_graph(tmp_path / "c.onnx", [16, 8])).sequence_length

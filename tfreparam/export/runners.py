@@ -85,10 +85,14 @@ class TFLiteRunner(_Runner):
 
 
 def _fixed_length(shapes) -> int | None:
-    """The second axis of the rank-2 (batch, sequence) inputs where it is a fixed size; None where it is dynamic."""
-    lengths = {shape[1] for shape in map(list, shapes) if len(shape) == 2}
-    fixed = [n for n in lengths if isinstance(n, (int, np.integer)) and n > 0]
-    return int(fixed[0]) if len(fixed) == 1 and len(lengths) == 1 else None
+    """The size the rank-2 (batch, sequence) inputs fix their second axis to; None where every one is dynamic
+    (a dynamic axis: -1 in TFLite, None or a symbolic name in ONNX and TensorFlow)."""
+    fixed = {int(shape[1]) for shape in map(list, shapes) if len(shape) == 2
+             and isinstance(shape[1], (int, np.integer)) and shape[1] > 0}
+    if len(fixed) > 1:
+        raise ValueError(f"The artifact's token inputs fix different sequence lengths {sorted(fixed)}; re-export "
+                         "it with one seq_length for every input.")
+    return fixed.pop() if fixed else None
 
 
 def _quantize(value, detail):
@@ -150,6 +154,10 @@ class SavedModelRunner(_Runner):
         self._loaded = loaded  # keeps the variables alive
         self.function = loaded.signatures[signature]
         self.specs = self.function.structured_input_signature[1]
+
+    @property
+    def sequence_length(self):
+        return _fixed_length(spec.shape.as_list() for spec in self.specs.values())
 
     def run(self, inputs):
         _check_names(self.specs, inputs, "The SavedModel signature")
