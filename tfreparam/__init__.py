@@ -90,6 +90,7 @@ def __getattr__(name):
     else:
         raise AttributeError(f"module 'tfreparam' has no attribute {name!r}")
     globals()[name] = value
+    keras_registration.flush()  # a registration that waited for this import to finish (keras_registration)
     return value
 
 
