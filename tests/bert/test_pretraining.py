@@ -20,7 +20,8 @@ def test_pretrainer_fit_lowers_mlm_loss():
     )
     batches = dataset.take(4).cache()
     before = pretrainer.evaluate(batches, verbose=0, return_dict=True)
-    history = pretrainer.fit(batches.repeat(), steps_per_epoch=20, epochs=3, verbose=0).history
+    # 30 steps take the MLM loss on these batches from 10.3 to 3.2 (measured 2026-12-05); the bar is 7.3.
+    history = pretrainer.fit(batches.repeat(), steps_per_epoch=15, epochs=2, verbose=0).history
     after = pretrainer.evaluate(batches, verbose=0, return_dict=True)
     assert set(history) >= {"loss", "mlm_loss", "mlm_accuracy", "nsp_loss", "nsp_accuracy"}
     # Untrained MLM loss is about ln(30522) = 10.3; training must cut it clearly.
