@@ -37,7 +37,11 @@ def register_layers() -> None:
 
 
 def ours_initializing() -> bool:
-    """Whether a module of this distribution is still executing its body."""
+    """Whether a module of this distribution is still executing its body.
+
+    `__spec__._initializing` is the flag CPython's import system sets for that
+    (and reads itself to call a module "partially initialized").
+    """
     for name, module in list(sys.modules.items()):
         if name.partition(".")[0] in PACKAGES and getattr(getattr(module, "__spec__", None), "_initializing", False):
             return True
