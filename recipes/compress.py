@@ -115,6 +115,9 @@ _flag("enum", "int8", "How the int8 files are quantized: 'dynamic' (int8 weights
       "weights, int16 activations). Full-integer int8 loses much of MiniLM's fidelity (per-tensor int8 cannot hold "
       "its residual-stream outliers); int16x8 keeps it.", enum_values=list(compress_settings.INT8_MODES))
 _flag("string", "report_dir", "Where report.md, metrics.json, plots, models and stage outputs go.")
+_flag("string", "conversion_cache", "Where converted files of the original (the task path: the teacher) are kept by "
+      "content, to be reused by any run that converts the same model the same way (default: "
+      "<report_dir>/conversions; a sweep and --preset=thorough share one).")
 _flag("integer", "seed", "Seed of the text sampling, masks of the latency probes, and distillation.")
 _flag("enum", "preset", "'demo': one run; 'thorough': leave-one-domain-out over every built-in domain "
       "(one run each, in <report_dir>/heldout_<domain>, averaged in lodo.md).",
@@ -155,6 +158,11 @@ HEADLINE = ("heldout_domain_cosine", "heldout_domain_cosine_min", "heldout_domai
             "probe_accuracy_original", "probe_accuracy_compressed", "compressed_int8_speedup")
 
 
+def shared_conversions(settings: CompressSettings) -> str:
+    """The conversion cache of a job of several runs: --conversion_cache, or one beside the runs."""
+    return settings.conversion_cache or os.path.join(settings.report_dir, "conversions")
+
+
 def leave_one_domain_out(settings: CompressSettings) -> dict:
     """One run per built-in domain held out (the others compress); lodo.md / lodo.json average them."""
     from recipes import corpus, stages
@@ -162,7 +170,8 @@ def leave_one_domain_out(settings: CompressSettings) -> dict:
     runs = {}
     for domain in corpus.DOMAINS:
         one = settings.replace(preset="demo", heldout_domains=(domain,), compression_domains=(),
-                               report_dir=os.path.join(settings.report_dir, f"heldout_{domain}"))
+                               report_dir=os.path.join(settings.report_dir, f"heldout_{domain}"),
+                               conversion_cache=shared_conversions(settings))
         runs[domain] = stages.CompressRun(one).run()
     average = {}
     for key in HEADLINE:

@@ -98,6 +98,7 @@ class CompressSettings:
     export: tuple = ()
     int8: str = "dynamic"
     report_dir: str = "reports/demo"
+    conversion_cache: Optional[str] = None  # None: <report_dir>/conversions
     seed: int = 0
     preset: str = "demo"
     # the task path (issue 15): compress a fine-tuned classifier instead of the sentence encoder
@@ -364,6 +365,8 @@ def from_flags(f) -> CompressSettings:
                   "--eval_files, --heldout_domains or --compression_domains.")
         check_model_dir(values["model"])
         check_output_dir(values["report_dir"], "--report_dir")
+        if values["conversion_cache"]:
+            check_output_dir(values["conversion_cache"], "--conversion_cache")
     except ValueError as error:
         _fail(str(error))
     values["heldout_domains"] = heldout

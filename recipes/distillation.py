@@ -32,7 +32,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from tfreparam import distill
+from tfreparam import distill, tracing
 
 INPUTS = ("input_word_ids", "input_mask", "input_type_ids")
 
@@ -152,6 +152,7 @@ def distil(student: keras.Model, cache: TeacherCache, layer_map: Mapping[int, in
     variables = distilled_variables(student, train_embeddings)
     if not variables:
         raise ValueError("The student has no trainable variables outside its embedding layers to distil.")
+    tracing.build_optimizer(optimizer, variables)  # slots made here: the step below is traced once, not twice
     warmup = max(1, steps // 10)
     width = int(student.output["sequence_output"].shape[-1])
     spec = [{k: tf.TensorSpec((None, None), tf.int32) for k in INPUTS},

@@ -135,6 +135,7 @@ def run(s: dict) -> dict:
 
     import bert
     from recipes import optim
+    from tfreparam import tracing
 
     keras.utils.set_random_seed(s["seed"])
     previous = keras.mixed_precision.global_policy()
@@ -161,6 +162,7 @@ def run(s: dict) -> dict:
         ]
         features, _ = next(iter(data))
         pretrainer(features, training=False)  # BackupAndRestore needs a built model
+        tracing.build_for_fit(pretrainer)  # the optimizer's slots made now: fit traces its step once, not twice
         epochs = -(-s["steps"] // s["steps_per_epoch"])
         history = pretrainer.fit(data, epochs=epochs, steps_per_epoch=s["steps_per_epoch"], callbacks=callbacks,
                                  verbose=2)

@@ -25,13 +25,12 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import time
 
 import numpy as np
 
-from recipes import baselines, compress_settings, distillation, embedding_eval, exports, latency, protocol
-from recipes import pipeline as pipeline_lib, text_data
+from recipes import baselines, compress_settings, conversion_cache, distillation, embedding_eval, exports, latency
+from recipes import pipeline as pipeline_lib, protocol, text_data
 
 PROJECTIONS = r"layer_\d+/(attention/(query|key|value|output)|ffn/(intermediate|output))"
 LOG_PREFIX = "compress"
@@ -84,6 +83,9 @@ class CompressRun(pipeline_lib.StagedJob):
         self.models = {}
         self._teacher_cache = None
         self._narrowed = None
+        # The original's files (and the latency probes cut from it), kept by content: converted once per directory.
+        self.conversions = conversion_cache.ConversionCache(
+            settings.conversion_cache or os.path.join(self.dir, "conversions"))
 
     # -- orchestration -----------------------------------------------------------------
 
@@ -258,7 +260,11 @@ class CompressRun(pipeline_lib.StagedJob):
             self.log(f"[{LOG_PREFIX}]   exporting {len(files)} structures to {exports.INT8_LABELS[self.s.int8]}")
             bar = distillation.progress_bar(len(files), unit="file")
             for i, (name, model) in enumerate(files.items()):
-                content = exports.tflite_bytes(model, self.s.int8, self.s.seq_length, self.representative())
+                if name == "ours":
+                    content = exports.tflite_bytes(model, self.s.int8, self.s.seq_length, self.representative())
+                else:  # the original and structures cut from it by seed: the same in every run of a sweep
+                    content = self.conversions.tflite(model, self.s.int8, self.s.seq_length, self.representative(),
+                                                      label=f"latency probe {name}")
                 if name == "original":
                     exports.write(stage.path("original_int8.tflite"), content)
                 runners[name] = latency.tflite_runner(content, threads=self.s.latency_threads)
@@ -575,7 +581,7 @@ class CompressRun(pipeline_lib.StagedJob):
     def quantization_aware(self):
         import tf_keras as keras
 
-        from tfreparam import quantization
+        from tfreparam import quantization, tracing
 
         model = self.models["compressed"]
 
@@ -588,6 +594,7 @@ class CompressRun(pipeline_lib.StagedJob):
             teacher = exports.encoder_view(self.encoder)
             targets = data.map(lambda x: (x, {"sequence_output": teacher(x, training=False)["sequence_output"]}))
             qat.compile(optimizer=keras.optimizers.Adam(self.s.learning_rate / 4), loss={"sequence_output": "mse"})
+            tracing.build_for_fit(qat)  # fit's step traced once, not twice
             qat.fit(targets, epochs=1, steps_per_epoch=self.s.qat_steps, verbose=0,
                     callbacks=[_progress_callback(self.s.qat_steps, ("loss",))])
             self.models["qat"] = qat
@@ -618,23 +625,20 @@ class CompressRun(pipeline_lib.StagedJob):
         final = self.models.get("qat", self.models["compressed"])
 
         def fn(stage):
-            sources = {"compressed_fp32": (self.models["compressed"], None), "compressed_int8": (final, self.s.int8),
-                       "original_fp32": (self.encoder, None)}
+            hits = len(self.conversions.hits)
+            sources = {"compressed_fp32": (self.models["compressed"], None), "compressed_int8": (final, self.s.int8)}
             if "layer_drop" in self.models:
                 sources.update(layer_drop_fp32=(self.models["layer_drop"], None),
                                layer_drop_int8=(self.models["layer_drop"], self.s.int8))
-            self.log(f"[{LOG_PREFIX}]   converting {len(sources) + 1} TFLite files")
-            bar = distillation.progress_bar(len(sources) + 1, unit="file")
+            self.log(f"[{LOG_PREFIX}]   converting {len(sources) + 2} TFLite files")
+            bar = distillation.progress_bar(len(sources) + 2, unit="file")
             for i, (name, (model, mode)) in enumerate(sources.items()):
                 exports.write(files[name], exports.tflite_bytes(model, mode, self.s.seq_length, self.representative()))
                 bar.update(i + 1)
-            timed = self._path("latency model", "original_int8.tflite")
-            if "latency model" in self.results and os.path.isfile(timed):
-                shutil.copyfile(timed, files["original_int8"])
-            else:
-                exports.write(files["original_int8"], exports.tflite_bytes(self.encoder, self.s.int8,
-                                                                           self.s.seq_length, self.representative()))
-            bar.update(len(sources) + 1)
+            for i, (name, mode) in enumerate((("original_fp32", None), ("original_int8", self.s.int8))):
+                exports.write(files[name], self.conversions.tflite(self.encoder, mode, self.s.seq_length,
+                                                                   self.representative(), label=name))
+                bar.update(len(sources) + i + 1)
             l3_weights = None
             if "minilm_l3_int8" in files:
                 l3_weights = exports.onnx_int8(files["minilm_l3_fp32"], files["minilm_l3_int8"])
@@ -644,13 +648,16 @@ class CompressRun(pipeline_lib.StagedJob):
                 self.log(f"[{LOG_PREFIX}]   converting {len(onnx_files)} ONNX files (tf2onnx, ONNX Runtime int8)")
                 bar = distillation.progress_bar(len(onnx_files), unit="file")
                 for i, (name, model) in enumerate(onnx_files):
-                    exports.keras_onnx_int8(model, files[name])
+                    if model is self.encoder:
+                        self.conversions.onnx_int8(model, files[name], label=name)
+                    else:
+                        exports.keras_onnx_int8(model, files[name])
                     bar.update(i + 1)
             keras_path = os.path.join(self.dir, "compressed_encoder.keras")
             exports.encoder_view(final).save(keras_path)
             extra = self._extra_exports(self.models["compressed"])
             return {"files": files, "bytes": {n: _size(p) for n, p in files.items()}, "keras": keras_path,
-                    "extra": extra, "l3_int8_weights": l3_weights}
+                    "extra": extra, "l3_int8_weights": l3_weights, "reused": self.conversions.hits[hits:]}
 
         depends = [self.compressed_key, getattr(self, "layer_drop_key", None), getattr(self, "qat_key", None),
                    self.results.get("latency model", {}).get("_key")]

@@ -40,7 +40,7 @@ import time
 import numpy as np
 from absl import app
 
-from recipes import pipeline as pipeline_lib
+from recipes import conversion_cache, pipeline as pipeline_lib
 
 LOG_PREFIX = "task"
 LATENCY_LENGTHS = (128, 64)
@@ -93,6 +93,9 @@ class TaskCompression(pipeline_lib.StagedJob):
         self.check()
         os.makedirs(self.dir, exist_ok=True)
         self.pipe = pipeline_lib.Pipeline(self.dir, prefix=LOG_PREFIX, log=self.log)
+        # The teacher's files, kept by content: a sweep's runs (and re-runs) convert them once.
+        self.conversions = conversion_cache.ConversionCache(
+            self.s.conversion_cache or os.path.join(self.dir, "conversions"))
         self.pipe.timings["check"] = self.check_seconds
         self.tokenize()
         self.soft_targets()
@@ -326,8 +329,17 @@ class TaskCompression(pipeline_lib.StagedJob):
             self.log(f"[{LOG_PREFIX}]   converting {len(jobs)} TFLite files (token ids -> probabilities) and the "
                      "SavedModel")
             bar = progress_bar(len(jobs) + 1, unit="file")
+            hits = len(self.conversions.hits)
             for i, (name, model, mode, rep) in enumerate(jobs):
-                task_export.tflite_file(model, files[name], mode, int(name.split("@")[1]), rep)
+                length = int(name.split("@")[1])
+                if model is self.teacher.model:
+                    data = rep if mode in ("full", "int16x8") else None  # what the converter reads
+                    kept = self.conversions.file(model, ("task_tflite", mode, length, data), ".tflite",
+                                                 lambda path: task_export.tflite_file(model, path, mode, length, rep),
+                                                 label=name)
+                    shutil.copyfile(kept, files[name])
+                else:
+                    task_export.tflite_file(model, files[name], mode, length, rep)
                 bar.update(i + 1)
             for role in ("student_fp32", "student_int8"):
                 shutil.copyfile(files[f"{role}@{self.export_length}"], files[role])
@@ -339,7 +351,7 @@ class TaskCompression(pipeline_lib.StagedJob):
             bar.update(len(jobs) + 1)
             sizes = {role: os.path.getsize(files[f"{role}@{self.export_length}"]) for role in ROLES}
             return {"files": files, "saved_model": saved, "bytes": sizes, "saved_model_parity": parity,
-                    "lengths": lengths}
+                    "lengths": lengths, "reused": self.conversions.hits[hits:]}
 
         result = self._stage("export", fn, self.final_key, settings={"int8": self.s.int8, "lengths": lengths},
                              cache=not self.s.qat)
@@ -463,6 +475,7 @@ def sweep(settings, values) -> list[dict]:
 
     root = settings.report_dir
     rows, first = [], None
+    settings = settings.replace(conversion_cache=settings.conversion_cache or os.path.join(root, "conversions"))
     for value in values:
         one = settings.replace(target_speedup=value, report_dir=os.path.join(root, f"speedup_{value:g}"))
         if first is not None:

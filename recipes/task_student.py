@@ -39,7 +39,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from tfreparam import distill
+from tfreparam import distill, tracing
 
 INPUTS = ("input_word_ids", "input_mask", "input_type_ids")
 # (fraction of heads removed, fraction of FFN neurons removed) at t = 0, 1, 2, 3; linear in between.
@@ -267,6 +267,7 @@ def distil(student, features: dict, labels: np.ndarray, teacher_logits: np.ndarr
     model = with_hidden_states(student) if hidden else student
     teacher_view = with_hidden_states(teacher) if hidden else None
     variables = student.trainable_variables
+    tracing.build_optimizer(optimizer, variables)  # slots made here: the step below is traced once, not twice
     classes = teacher_logits.shape[1]
     spec = [{k: tf.TensorSpec([None, None], tf.int32) for k in INPUTS if k in features},
             tf.TensorSpec([None], tf.int64), tf.TensorSpec([None, classes], tf.float32)]

@@ -9,7 +9,7 @@ Subpackages and modules: `layers`, `decompose` (pure numpy), `families`,
 `specs`, `policy`, `surgery`, `compression_report` (`report`), `adapters`, `calibration`,
 `allocation`, `sparsity` (pruning), `clustering`, `quantization` (QAT),
 `distill`, `fidelity`, `export`, `distribute`, `precision`, `unit_scaling`,
-`accumulation`, `resilience`.
+`accumulation`, `resilience`, `tracing`.
 """
 
 import importlib
@@ -73,6 +73,7 @@ _SUBMODULES = (
     "sparsity",
     "specs",
     "surgery",
+    "tracing",
     "unit_scaling",
 )
 

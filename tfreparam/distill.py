@@ -32,6 +32,8 @@ from typing import Mapping, Optional
 import tensorflow as tf
 import tf_keras as keras
 
+from tfreparam import tracing
+
 LOSS_NAMES = ("task_loss", "kd_loss", "hidden_loss", "attention_loss", "embedding_loss")
 
 
@@ -152,6 +154,12 @@ class Distiller(keras.Model):
                     f"and the teacher's {widths[1]}; use hidden_weight=0 or a student of the same width."
                 )
         return resolved
+
+    def fit(self, *args, **kwargs):
+        # The student's optimizer slots made before the first step: the step is traced once, not twice.
+        if getattr(self, "optimizer", None) is not None:
+            tracing.build_for_fit(self, self.student.trainable_variables)
+        return super().fit(*args, **kwargs)
 
     # -- the loss -----------------------------------------------------------------
 

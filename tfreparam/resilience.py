@@ -29,6 +29,8 @@ from typing import Callable, Optional
 import tensorflow as tf
 import tf_keras as keras
 
+from tfreparam import tracing
+
 _MANIFEST_SUFFIX = ".manifest.json"
 
 
@@ -89,6 +91,8 @@ def resumable_fit(
             "on resumption and every epoch has `steps_per_epoch` batches."
         )
     done = completed_steps(backup_dir, steps_per_epoch)
+    if getattr(model, "optimizer", None) is not None:
+        tracing.build_for_fit(model)  # the step traced once, not twice
     return model.fit(
         dataset.skip(done),
         epochs=epochs,

@@ -41,9 +41,17 @@ def _fixed_fit(measured, structures):
 
 
 @pytest.fixture(scope="module")
-def first_run(tiny_bert, tmp_path_factory):
+def conversions(tmp_path_factory):
+    """One conversion cache for this file's runs: the original's files are converted by the first run only
+    (tests/recipes/test_conversion_cache.py checks that a kept file is the converter's own bytes)."""
+    return str(tmp_path_factory.mktemp("conversions"))
+
+
+@pytest.fixture(scope="module")
+def first_run(tiny_bert, conversions, tmp_path_factory):
     report_dir = str(tmp_path_factory.mktemp("demo"))
-    settings = _settings(f"--model={tiny_bert}", f"--report_dir={report_dir}", *SMALL)
+    settings = _settings(f"--model={tiny_bert}", f"--report_dir={report_dir}", f"--conversion_cache={conversions}",
+                         *SMALL)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(latency, "fit_latency_model", _fixed_fit)
         # ... and the chosen structure "measures" what the fixed fit predicts (the check, not the re-search, runs).
@@ -264,9 +272,9 @@ def test_compressed_encoder_loads_with_keras_after_a_bare_import_tfreparam(first
     assert "['pooled_output', 'sequence_output'] (1, 4, 32)" in done.stdout
 
 
-def test_dropped_blocks_go_before_the_search_and_give_it_their_time(tiny_bert, tmp_path):
-    settings = _settings(f"--model={tiny_bert}", f"--report_dir={tmp_path}", *SMALL, "--drop_blocks=0",
-                         "--baselines=int8")
+def test_dropped_blocks_go_before_the_search_and_give_it_their_time(tiny_bert, conversions, tmp_path):
+    settings = _settings(f"--model={tiny_bert}", f"--report_dir={tmp_path}", f"--conversion_cache={conversions}",
+                         *SMALL, "--drop_blocks=0", "--baselines=int8")
     with pytest.MonkeyPatch.context() as patch:
         # The fixed fit without exporting and timing the probe structures (first_run does that).
         patch.setattr(stages.CompressRun, "latency_model", _fixed_latency_model)
@@ -315,8 +323,9 @@ def test_interrupted_stage_runs_again(tmp_path):
 
 
 @pytest.mark.slow
-def test_lowrank_policy_with_magnitude_pruning_qat_and_extra_exports(tiny_bert, tmp_path):
-    settings = _settings(f"--model={tiny_bert}", f"--report_dir={tmp_path}", *SMALL, "--policy=lowrank",
+def test_lowrank_policy_with_magnitude_pruning_qat_and_extra_exports(tiny_bert, conversions, tmp_path):
+    settings = _settings(f"--model={tiny_bert}", f"--report_dir={tmp_path}", f"--conversion_cache={conversions}",
+                         *SMALL, "--policy=lowrank",
                          "--methods=svd,whitened", "--budget=0.5", "--sparsity=0.5", "--qat", "--qat_steps=2",
                          "--int8=full", "--baselines=int8", "--export=onnx")
     metrics = compress.run(settings)

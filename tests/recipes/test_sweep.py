@@ -40,6 +40,13 @@ def test_one_row_per_budget_and_the_files(swept):
     for budget in ("budget_25", "budget_75"):
         with open(os.path.join(report_dir, budget, "metrics.json")) as f:
             assert json.load(f)["policy"] == "lowrank"
+    # The original's two files were converted by the first run only; the second reused them from one shared cache.
+    reused = []
+    for budget in ("budget_25", "budget_75"):
+        with open(os.path.join(report_dir, budget, "stages", "export", "result.json")) as f:
+            reused.append(json.load(f)["reused"])
+    assert reused == [[], ["original_fp32", "original_int8"]]
+    assert len([f for f in os.listdir(os.path.join(report_dir, "conversions")) if f.endswith(".tflite")]) == 2
 
 
 def test_more_parameters_keep_more_of_the_original(swept):
@@ -90,6 +97,11 @@ def test_task_sweep_runs_one_task_compression_per_speedup(tmp_path_factory):
     assert {"tokenize", "soft targets", "latency model"} <= set(runs[1]["skipped_stages"])
     assert runs[1]["latency_model"] == runs[0]["latency_model"]
     assert runs[1]["task"]["accuracy"]["teacher_fp32"] == runs[0]["task"]["accuracy"]["teacher_fp32"]
+    # ... and the teacher's files, converted in the first run only.
+    exported = [json.loads((report / name / "stages" / "export" / "result.json").read_text())
+                for name in ("speedup_1.2", "speedup_1.6")]
+    assert [e["reused"] for e in exported] == [[], ["teacher_fp32@32", "teacher_int8@32"]]
+    assert len(list((report / "conversions").glob("*.tflite"))) == 2
     # A higher target removes more.
     assert runs[1]["student"]["params"]["student"] < runs[0]["student"]["params"]["student"]
     a, b = task_setup.FIXED_LATENCY
