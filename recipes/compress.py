@@ -158,20 +158,15 @@ HEADLINE = ("heldout_domain_cosine", "heldout_domain_cosine_min", "heldout_domai
             "probe_accuracy_original", "probe_accuracy_compressed", "compressed_int8_speedup")
 
 
-def shared_conversions(settings: CompressSettings) -> str:
-    """The conversion cache of a job of several runs: --conversion_cache, or one beside the runs."""
-    return settings.conversion_cache or os.path.join(settings.report_dir, "conversions")
-
-
 def leave_one_domain_out(settings: CompressSettings) -> dict:
     """One run per built-in domain held out (the others compress); lodo.md / lodo.json average them."""
     from recipes import corpus, stages
 
     runs = {}
+    settings = settings.shared_conversions()
     for domain in corpus.DOMAINS:
         one = settings.replace(preset="demo", heldout_domains=(domain,), compression_domains=(),
-                               report_dir=os.path.join(settings.report_dir, f"heldout_{domain}"),
-                               conversion_cache=shared_conversions(settings))
+                               report_dir=os.path.join(settings.report_dir, f"heldout_{domain}"))
         runs[domain] = stages.CompressRun(one).run()
     average = {}
     for key in HEADLINE:

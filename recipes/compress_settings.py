@@ -125,6 +125,11 @@ class CompressSettings:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def shared_conversions(self) -> "CompressSettings":
+        """These settings for a job of several runs (a sweep, --preset=thorough): one conversion cache for all,
+        --conversion_cache or `<report_dir>/conversions`."""
+        return self.replace(conversion_cache=self.conversion_cache or os.path.join(self.report_dir, "conversions"))
+
     def subset(self, *names) -> dict:
         """The named settings as a JSON-able dict (a stage's fingerprint)."""
         return {name: getattr(self, name) for name in names}

@@ -41,7 +41,7 @@ class ConversionCache:
         """`recipes.exports.tflite_bytes` of `model`, converted only if no file of the same key is kept."""
         from recipes import exports
 
-        data = representative if int8 in ("full", "int16x8") else None  # what the converter reads
+        data = exports.calibration_data(int8, representative)  # what the converter reads
         path = self.file(model, ("tflite", int8, seq_length, data), ".tflite", lambda target: exports.write(
             target, exports.tflite_bytes(model, int8, seq_length, representative)), label)
         with open(path, "rb") as f:

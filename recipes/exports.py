@@ -23,12 +23,17 @@ def encoder_view(model):
     return keras.Model(model.inputs, outputs, name=model.name)
 
 
+def calibration_data(int8: str | None, representative):
+    """`representative` where the --int8 mode calibrates activation ranges on it (full, int16x8), else None."""
+    return representative if int8 in ("full", "int16x8") else None
+
+
 def tflite_bytes(model, int8: str | None, seq_length: int, representative=None) -> bytes:
     """The `.tflite` flatbuffer of an encoder: fp32 (`int8=None`) or the --int8 mode, at a fixed length."""
     tflite = importlib.import_module("tfreparam.export.tflite")
     mode = "fp32" if int8 is None else INT8_MODES[int8]
-    data = representative if mode in ("int8", "int16x8") else None
-    return tflite.convert(encoder_view(model), mode, representative_data=data, seq_length=seq_length)
+    return tflite.convert(encoder_view(model), mode, representative_data=calibration_data(int8, representative),
+                          seq_length=seq_length)
 
 
 def write(path: str, content: bytes) -> str:

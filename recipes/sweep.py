@@ -121,7 +121,7 @@ def sweep(settings, values) -> list[dict]:
     structured = settings.policy == "structured"
     rows = []
     # The original's files (and the latency probes cut from it) are the same in every run: converted once.
-    settings = settings.replace(conversion_cache=compress.shared_conversions(settings))
+    settings = settings.shared_conversions()
     for value in values:
         if structured:
             one = settings.replace(target_speedup=value, report_dir=os.path.join(root, f"speedup_{value:g}"))

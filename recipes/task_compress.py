@@ -304,7 +304,7 @@ class TaskCompression(pipeline_lib.StagedJob):
         self.final_key = result["_key"]
 
     def export(self):
-        from recipes import task_export
+        from recipes import exports, task_export
         from recipes.distillation import progress_bar
 
         lengths = sorted(set(self.lengths) | {self.export_length}, reverse=True)
@@ -333,7 +333,7 @@ class TaskCompression(pipeline_lib.StagedJob):
             for i, (name, model, mode, rep) in enumerate(jobs):
                 length = int(name.split("@")[1])
                 if model is self.teacher.model:
-                    data = rep if mode in ("full", "int16x8") else None  # what the converter reads
+                    data = exports.calibration_data(mode, rep)  # what the converter reads
                     kept = self.conversions.file(model, ("task_tflite", mode, length, data), ".tflite",
                                                  lambda path: task_export.tflite_file(model, path, mode, length, rep),
                                                  label=name)
@@ -475,7 +475,7 @@ def sweep(settings, values) -> list[dict]:
 
     root = settings.report_dir
     rows, first = [], None
-    settings = settings.replace(conversion_cache=settings.conversion_cache or os.path.join(root, "conversions"))
+    settings = settings.shared_conversions()  # the teacher's files converted once for every run
     for value in values:
         one = settings.replace(target_speedup=value, report_dir=os.path.join(root, f"speedup_{value:g}"))
         if first is not None:

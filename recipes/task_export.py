@@ -38,7 +38,7 @@ def tflite_file(classifier, path: str, int8: Optional[str], seq_length: int, rep
     tflite = importlib.import_module("tfreparam.export.tflite")  # the package's `tflite` is the function
 
     mode = "fp32" if int8 is None else exports.INT8_MODES[int8]
-    data = representative if mode in ("int8", "int16x8") else None
+    data = exports.calibration_data(int8, representative)
     content = tflite.convert(probabilities_view(classifier), mode, representative_data=data, seq_length=seq_length,
                              integer_io=False if mode == "int8" else None)
     exports.write(path, content)
