@@ -187,7 +187,9 @@ class AttentionMath(keras.layers.Layer):
         masked_logits = self.quantize_hooks.get("masked_logits")
         if masked_logits is None:
             bias = (1.0 - tf.cast(mask, tf.float32)) * MASK_VALUE
-            scores = scores + bias[:, tf.newaxis, tf.newaxis, :]
+            # expand_dims, not a new-axis slice: TFLite has no builtin for a StridedSlice with new axes once the
+            # sequence length is dynamic.
+            scores = scores + tf.expand_dims(tf.expand_dims(bias, 1), 1)
         else:
             scores = masked_logits(scores, mask)
         probs = self._apply_hook("probs", tf.nn.softmax(scores, axis=-1))

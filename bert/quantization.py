@@ -78,9 +78,10 @@ def _mask_bias(mask, dtype, depth):
     logit for every padded position.
     """
     penalty = int(round(-bert_layers.MASK_VALUE))
-    # Broadcast on the integers: an int8 STRIDED_SLICE after the fake-quant would have to keep
-    # the scale the converter calibrates for the CAST (MASK_VALUE's), not the fake-quant's.
-    mask = tf.cast(mask, tf.int32)[:, tf.newaxis, tf.newaxis, :]
+    # Broadcast on the integers: an int8 reshape after the fake-quant would have to keep the scale the
+    # converter calibrates for the CAST (MASK_VALUE's), not the fake-quant's. expand_dims, not a new-axis
+    # slice: TFLite has no builtin for that slice once the sequence length is dynamic.
+    mask = tf.expand_dims(tf.expand_dims(tf.cast(mask, tf.int32), 1), 1)
     bias = tf.cast((mask - 1) * penalty, dtype)
     depth = tf.minimum(depth, float(penalty))
     return tf.quantization.fake_quant_with_min_max_vars(bias, -depth, tf.zeros_like(depth), num_bits=8)

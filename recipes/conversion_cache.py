@@ -10,7 +10,7 @@ our export code. A file whose key matches is reused byte for byte; anything
 else converts afresh, so a stale file cannot be picked up.
 
     cache = ConversionCache("reports/sweep/conversions")
-    content = cache.tflite(encoder, "dynamic", 64, representative)      # bytes
+    content = cache.tflite(encoder, "dynamic", representative)          # bytes
     cache.onnx_int8(encoder, "out/original_int8.onnx")                  # a file
 """
 
@@ -37,13 +37,14 @@ class ConversionCache:
         self.directory = directory
         self.hits: list[str] = []
 
-    def tflite(self, model, int8: str | None, seq_length: int, representative=None, label: str = "") -> bytes:
+    def tflite(self, model, int8: str | None, representative=None, label: str = "",
+               seq_length: int | None = None) -> bytes:
         """`recipes.exports.tflite_bytes` of `model`, converted only if no file of the same key is kept."""
         from recipes import exports
 
         data = exports.calibration_data(int8, representative)  # what the converter reads
         path = self.file(model, ("tflite", int8, seq_length, data), ".tflite", lambda target: exports.write(
-            target, exports.tflite_bytes(model, int8, seq_length, representative)), label)
+            target, exports.tflite_bytes(model, int8, representative, seq_length)), label)
         with open(path, "rb") as f:
             return f.read()
 

@@ -3,7 +3,7 @@
 A `TextSet` tokenizes its sentences once (sorted by length, each batch cut
 to its longest sentence); embeddings come back in the sentences' own order
 whichever runtime computes them: a Keras encoder, a `.tflite` / ONNX file of
-one (padded back to the length a file fixes, as TFLite files do), or the
+one (padded back to the length a file fixes, if it fixes one), or the
 sentence-transformers MiniLM-L3 ONNX graph. `quality` turns a model's
 embeddings into the figures of the report: per domain and averaged over the
 in-domain held-out parts and over the held-out domains (cosine to the
@@ -23,6 +23,11 @@ import numpy as np
 from recipes import text_data
 
 EMBED_BATCH = 64
+# The groups of text sets `EvalSets.embed` can embed: fidelity (compared with the original's embeddings) and the
+# labelled probe sets.
+FIDELITY_GROUPS = ("in_domain", "heldout")
+PROBE_GROUPS = ("probes", "in_domain_probes")
+EVERY_GROUP = PROBE_GROUPS + FIDELITY_GROUPS
 
 
 class TextSet:
@@ -46,7 +51,7 @@ class TextSet:
         return out
 
     def padded(self, seq_length: int) -> list[dict]:
-        """The batches padded back to `seq_length` (exported files have a fixed sequence length)."""
+        """The batches padded back to `seq_length` (for a file that fixes the sequence length)."""
         out = []
         for b in self.batches:
             pad = seq_length - b["input_mask"].shape[1]
@@ -110,8 +115,9 @@ def artifact_embedder(path: str):
     # Every core: the TFLite interpreter's default is one thread (evaluation took 6 of a demo's 24 minutes on
     # 2 cores); the outputs are bit-identical to one thread's.
     runner = runners.runner_for(path, threads=os.cpu_count())
-    # Padded back only where the file fixes the length (TFLite): an ONNX graph runs each batch at its own length,
-    # half the tokens of the demo's evaluation text, for the same masked outputs.
+    # Padded back only where the file fixes the length: the compress job's TFLite files and tf2onnx's graphs run
+    # each batch at its own length, a third to a half of the padded tokens of the demo's text, for the same
+    # masked outputs.
     length = runner.sequence_length
 
     def embed(text_set: TextSet) -> np.ndarray:
@@ -154,22 +160,23 @@ class EvalSets:
                                  for name, (texts, _) in evaluation.in_domain_probes.items()}
         self.in_domain_labels = {name: list(labels) for name, (_, labels) in evaluation.in_domain_probes.items()}
 
-    def count(self, fidelity_sets: bool = True) -> int:
-        """How many text sets `embed` embeds."""
-        return (len(self.probes) + len(self.in_domain_probes)
-                + (len(self.in_domain) + len(self.heldout) if fidelity_sets else 0))
+    def _groups(self, groups) -> list[tuple[str, dict]]:
+        unknown = set(groups) - set(EVERY_GROUP)
+        if unknown:
+            raise ValueError(f"Unknown evaluation groups {sorted(unknown)}; pick from {list(EVERY_GROUP)}.")
+        return [(g, getattr(self, g)) for g in EVERY_GROUP if g in groups]
 
-    def embed(self, embedder, fidelity_sets: bool = True, progress=None) -> dict:
-        """{"in_domain": {domain: array}, "heldout": {...}, "probes": {...}, "in_domain_probes": {...}} (fidelity
-        sets optional).
+    def count(self, groups=EVERY_GROUP) -> int:
+        """How many text sets `embed` embeds."""
+        return sum(len(sets) for _, sets in self._groups(groups))
+
+    def embed(self, embedder, groups=EVERY_GROUP, progress=None) -> dict:
+        """{group: {name: array}} for the `groups` asked ("in_domain", "heldout", "probes", "in_domain_probes").
 
         `progress()` is called after each text set.
         """
-        groups = [("probes", self.probes), ("in_domain_probes", self.in_domain_probes)]
-        if fidelity_sets:
-            groups += [("in_domain", self.in_domain), ("heldout", self.heldout)]
         out = {}
-        for group, sets in groups:
+        for group, sets in self._groups(groups):
             out[group] = {}
             for name, text_set in sets.items():
                 out[group][name] = embedder(text_set)
@@ -247,10 +254,10 @@ def quality(reference: dict, candidate: dict, labels: dict, folds: int, l2: floa
                 "nn_agreement": float(np.mean([v["nn_agreement"] for v in per_domain.values()])),
                 "nn_agreement_top10": float(np.mean([v["nn_agreement_top10"] for v in per_domain.values()])),
             }
-    if probe and labels:
+    if probe and labels and "probes" in candidate:
         result["probe"] = probe_accuracies(candidate, labels, folds, l2)
         result["probe_mean"] = float(np.mean(list(result["probe"].values())))
-    if probe and in_domain_labels:
+    if probe and in_domain_labels and "in_domain_probes" in candidate:
         result["in_domain_probe"] = probe_accuracies(candidate, in_domain_labels, folds, l2, group="in_domain_probes")
         result["in_domain_probe_mean"] = float(np.mean(list(result["in_domain_probe"].values())))
     return result

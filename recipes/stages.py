@@ -261,9 +261,9 @@ class CompressRun(pipeline_lib.StagedJob):
             bar = distillation.progress_bar(len(files), unit="file")
             for i, (name, model) in enumerate(files.items()):
                 if name == "ours":
-                    content = exports.tflite_bytes(model, self.s.int8, self.s.seq_length, self.representative())
+                    content = exports.tflite_bytes(model, self.s.int8, self.representative())
                 else:  # the original and structures cut from it by seed: the same in every run of a sweep
-                    content = self.conversions.tflite(model, self.s.int8, self.s.seq_length, self.representative(),
+                    content = self.conversions.tflite(model, self.s.int8, self.representative(),
                                                       label=f"latency probe {name}")
                 if name == "original":
                     exports.write(stage.path("original_int8.tflite"), content)
@@ -280,9 +280,10 @@ class CompressRun(pipeline_lib.StagedJob):
             return result
 
         depends = [self.calibration_key] + ([self.results["factorize"]["_key"]] if self.s.policy != "structured" else [])
+        # Since 2026-12-05 the TFLite files take any length (`exports.tflite_bytes`): a cache from before redoes.
         result = self._stage("latency model", fn, *depends,
-                             settings=self.s.subset("model", "int8", "seq_length", "latency_rounds", "latency_threads",
-                                                    "seed", "head_widths"))
+                             settings=dict(self.s.subset("model", "int8", "seq_length", "latency_rounds",
+                                                         "latency_threads", "seed", "head_widths"), tflite_length="any"))
         self.latency_fit = latency.LatencyModel.from_dict(result["model"])
         if "ours_ratio" in result:
             self.our_ratio = result["ours_ratio"]
@@ -377,7 +378,7 @@ class CompressRun(pipeline_lib.StagedJob):
     def _measured_ratio(self, selection) -> float:
         """t(pruned) / t(original) in int8, side by side (the original's file from the latency model stage)."""
         model = self._pruned(selection.removed_heads, selection.removed_neurons)
-        content = exports.tflite_bytes(model, self.s.int8, self.s.seq_length, self.representative())
+        content = exports.tflite_bytes(model, self.s.int8, self.representative())
         runners = {"original": latency.tflite_runner(self._path("latency model", "original_int8.tflite"),
                                                      threads=self.s.latency_threads),
                    "pruned": latency.tflite_runner(content, threads=self.s.latency_threads)}
@@ -633,11 +634,11 @@ class CompressRun(pipeline_lib.StagedJob):
             self.log(f"[{LOG_PREFIX}]   converting {len(sources) + 2} TFLite files")
             bar = distillation.progress_bar(len(sources) + 2, unit="file")
             for i, (name, (model, mode)) in enumerate(sources.items()):
-                exports.write(files[name], exports.tflite_bytes(model, mode, self.s.seq_length, self.representative()))
+                exports.write(files[name], exports.tflite_bytes(model, mode, self.representative()))
                 bar.update(i + 1)
             for i, (name, mode) in enumerate((("original_fp32", None), ("original_int8", self.s.int8))):
-                exports.write(files[name], self.conversions.tflite(self.encoder, mode, self.s.seq_length,
-                                                                   self.representative(), label=name))
+                exports.write(files[name], self.conversions.tflite(self.encoder, mode, self.representative(),
+                                                                   label=name))
                 bar.update(len(sources) + i + 1)
             l3_weights = None
             if "minilm_l3_int8" in files:
@@ -662,7 +663,8 @@ class CompressRun(pipeline_lib.StagedJob):
         depends = [self.compressed_key, getattr(self, "layer_drop_key", None), getattr(self, "qat_key", None),
                    self.results.get("latency model", {}).get("_key")]
         # The names of the files it writes are part of its settings: a run from before a file was added redoes it.
-        settings = dict(self.s.subset("int8", "seq_length", "export", "baselines"), files=sorted(files))
+        settings = dict(self.s.subset("int8", "seq_length", "export", "baselines"), files=sorted(files),
+                        tflite_length="any")
         result = self._stage("export", fn, *depends, settings=settings, cache=not self.s.qat)
         self.files = result["files"]
 
@@ -686,33 +688,38 @@ class CompressRun(pipeline_lib.StagedJob):
         import bert
 
         s, seq = self.s, self.s.seq_length
-        candidates = {
-            "original_int8": (lambda: embedding_eval.artifact_embedder(self.files["original_int8"]), True),
-            "compressed": (lambda: embedding_eval.keras_embedder(self.models["compressed"]), True),
-            "compressed_int8": (lambda: embedding_eval.artifact_embedder(self.files["compressed_int8"]), True),
+        every, probes = embedding_eval.EVERY_GROUP, embedding_eval.PROBE_GROUPS
+        candidates = {  # name: (embedder factory, the groups of text sets it embeds)
+            "original_int8": (lambda: embedding_eval.artifact_embedder(self.files["original_int8"]), every),
+            "compressed": (lambda: embedding_eval.keras_embedder(self.models["compressed"]), every),
+            "compressed_int8": (lambda: embedding_eval.artifact_embedder(self.files["compressed_int8"]), every),
         }
         if "layer_drop" in self.models:
-            candidates["layer_drop"] = (lambda: embedding_eval.keras_embedder(self.models["layer_drop"]), True)
+            candidates["layer_drop"] = (lambda: embedding_eval.keras_embedder(self.models["layer_drop"]), every)
             candidates["layer_drop_int8"] = (
-                lambda: embedding_eval.artifact_embedder(self.files["layer_drop_int8"]), True)
-        if "minilm_l3" in s.baselines:
-            candidates["minilm_l3"] = (lambda: embedding_eval.l3_embedder(self.files["minilm_l3_fp32"]), False)
-            candidates["minilm_l3_int8"] = (lambda: embedding_eval.l3_embedder(self.files["minilm_l3_int8"]), False)
+                lambda: embedding_eval.artifact_embedder(self.files["layer_drop_int8"]), every)
+        if "minilm_l3" in s.baselines:  # another embedding space: its cosine to the original means nothing
+            candidates["minilm_l3"] = (lambda: embedding_eval.l3_embedder(self.files["minilm_l3_fp32"]), probes)
+            candidates["minilm_l3_int8"] = (lambda: embedding_eval.l3_embedder(self.files["minilm_l3_int8"]), probes)
+        # The ONNX Runtime files are here for latency in one runtime with L3; their cosine shows that runtime's own
+        # int8 loss. Their probe stayed within 0.01 of the TFLite int8 files' and cost ~110 s of a demo (ONNX
+        # Runtime's int8 runs batches at half TFLite's speed on AVX2), so they embed the fidelity sets only.
         for name in ("original_int8_onnxruntime", "compressed_int8_onnxruntime"):
             if name in self.files:
-                candidates[name] = (lambda name=name: embedding_eval.artifact_embedder(self.files[name]), True)
+                candidates[name] = (lambda name=name: embedding_eval.artifact_embedder(self.files[name]),
+                                    embedding_eval.FIDELITY_GROUPS)
 
         def fn(stage):
             results = {}
             # L3 has its own (the same uncased) vocabulary: tokenize for it with MiniLM's tokenizer.
             l3_sets = self.eval_sets if s.model == "minilm" else embedding_eval.EvalSets(
                 self.protocol.evaluation, bert.Preprocessor.from_pretrained("minilm", seq_length=seq))
-            total = sum((l3_sets if n.startswith("minilm_l3") else self.eval_sets).count(f)
-                        for n, (_, f) in candidates.items())
+            total = sum((l3_sets if n.startswith("minilm_l3") else self.eval_sets).count(groups)
+                        for n, (_, groups) in candidates.items())
             bar = _counter(f"embedding the evaluation text with {len(candidates)} models", total)
-            for name, (make, fidelity_sets) in candidates.items():
+            for name, (make, groups) in candidates.items():
                 sets = l3_sets if name.startswith("minilm_l3") else self.eval_sets
-                embeddings = sets.embed(make(), fidelity_sets, progress=bar)
+                embeddings = sets.embed(make(), groups, progress=bar)
                 embedding_eval.save(stage.path(f"{name}.npz"), embeddings)
                 results[name] = embedding_eval.quality(self.reference_embeddings, embeddings, sets.labels,
                                                        s.probe_folds, s.probe_l2,
@@ -728,8 +735,9 @@ class CompressRun(pipeline_lib.StagedJob):
             return results
 
         depends = [self.results["export"]["_key"], self.text_key, self.results["reference"]["_key"]]
-        # ONNX files run each batch at its own length since 2026-12-05 (were padded to seq_length): older caches redo.
-        settings = dict(s.subset("probe_folds", "probe_l2"), onnx_batches="trimmed")
+        # ONNX and TFLite files run each batch at its own length since 2026-12-05 (were padded to seq_length); the
+        # export stage's key changes with its files, so older caches redo.
+        settings = dict(s.subset("probe_folds", "probe_l2"), onnx_batches="trimmed", onnx_probe=False)
         self._stage("evaluate", fn, *depends, settings=settings, cache=not s.qat)
 
     def measure_latency(self):

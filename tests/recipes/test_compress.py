@@ -10,6 +10,7 @@ import pytest
 from absl import app
 
 from recipes import compress, exports, latency, pipeline, stages
+from tfreparam.export import runners
 
 FLAGS = compress.FLAGS
 SMALL = ["--seq_length=32", "--calibration_per_domain=16", "--train_per_domain=32", "--eval_per_domain=16",
@@ -217,6 +218,9 @@ def test_int8_parity_is_recorded_and_the_files_exist(first_run):
     assert metrics["int8_cosine_to_keras_min"] <= metrics["int8_cosine_to_keras"]
     assert metrics["bytes"]["compressed_int8"] == os.path.getsize(os.path.join(report_dir, "model_int8.tflite"))
     assert metrics["bytes"]["compressed_int8"] < 0.5 * metrics["bytes"]["compressed_fp32"]
+    # Every TFLite file takes any length: timed at --seq_length, each evaluation batch run at its own.
+    tflite = [path for path in metrics["files"].values() if path.endswith(".tflite")]
+    assert len(tflite) == 6 and all(runners.runner_for(path).sequence_length is None for path in tflite)
     assert os.path.isdir(os.path.join(report_dir, "tensorboard", "distill"))
     assert os.listdir(os.path.join(report_dir, "tensorboard", "layer_drop"))
 
@@ -241,6 +245,8 @@ def test_ours_and_the_original_run_in_l3s_runtime_too(first_run):
             b = onnx_ours[group][domain]
             cosine = np.sum(a * b, 1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
             assert cosine.min() > 0.99, (group, domain, cosine.min())
+    # Embedded for cosine only: the probe of our int8 is the TFLite file's.
+    assert rows["compressed_int8_onnxruntime"]["probe"] is None and "probes" not in onnx_ours
     assert rows["compressed_int8_onnxruntime"]["heldout_cosine"] == pytest.approx(
         rows["compressed_fp32"]["heldout_cosine"], abs=0.02)
     report = open(os.path.join(report_dir, "report.md")).read()

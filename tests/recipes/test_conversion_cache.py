@@ -76,7 +76,7 @@ def test_a_failed_conversion_leaves_nothing_behind(tmp_path):
 
 def test_a_kept_tflite_file_is_the_converters_own_bytes(tmp_path):
     model = _encoder()
-    direct = exports.tflite_bytes(model, "dynamic", 16)
+    direct = exports.tflite_bytes(model, "dynamic")
     cache = conversion_cache.ConversionCache(str(tmp_path))
-    assert cache.tflite(_encoder(), "dynamic", 16) == direct
-    assert cache.tflite(_encoder(), "dynamic", 16, label="again") == direct and cache.hits == ["again"]
+    assert cache.tflite(_encoder(), "dynamic") == direct
+    assert cache.tflite(_encoder(), "dynamic", label="again") == direct and cache.hits == ["again"]

@@ -69,13 +69,14 @@ def test_exported_files_embed_as_the_keras_encoder_at_the_length_each_file_takes
 
     encoder, _, text_set = tiny
     expected = embedding_eval.keras_embedder(encoder)(text_set)
-    tflite_path = exports.write(str(tmp_path / "tiny.tflite"), exports.tflite_bytes(encoder, None, 16))
+    fixed_path = exports.write(str(tmp_path / "fixed.tflite"), exports.tflite_bytes(encoder, None, seq_length=16))
+    any_path = exports.write(str(tmp_path / "any.tflite"), exports.tflite_bytes(encoder, None))
     onnx_path = str(tmp_path / "tiny.onnx")
     export_lib.onnx(exports.encoder_view(encoder), onnx_path)
-    # The TFLite file fixes the length (its batches are padded back to 16); the ONNX graph takes any length.
-    assert runners.runner_for(tflite_path).sequence_length == 16
-    assert runners.runner_for(onnx_path).sequence_length is None
-    for path in (tflite_path, onnx_path):
+    # One TFLite file fixes the length (its batches are padded back to 16); the compress job's default TFLite
+    # file and the ONNX graph take any length (each batch runs at its own).
+    assert [runners.runner_for(p).sequence_length for p in (fixed_path, any_path, onnx_path)] == [16, None, None]
+    for path in (fixed_path, any_path, onnx_path):
         np.testing.assert_allclose(embedding_eval.artifact_embedder(path)(text_set), expected, rtol=1e-4, atol=1e-5)
 
 
@@ -100,3 +101,22 @@ def test_a_file_fixes_the_length_any_of_its_token_inputs_fixes_and_conflicting_l
     assert runners.runner_for(_token_graph(tmp_path / "b.onnx", ["seq", 16])).sequence_length == 16
     with pytest.raises(ValueError, match=r"fix different sequence lengths \[8, 16\]"):
         runners.runner_for(_token_graph(tmp_path / "c.onnx", [16, 8])).sequence_length
+
+
+def test_eval_sets_embed_only_the_groups_asked_and_count_them(tiny):
+    import types
+
+    _, preprocessor, _ = tiny
+    evaluation = types.SimpleNamespace(
+        in_domain={"debian": SENTENCES[:2]}, heldout={"wordnet": SENTENCES[2:], "manual": SENTENCES[:1]},
+        probes={"wordnet_lexname": (SENTENCES, list("aabba"))}, in_domain_probes={})
+    sets = embedding_eval.EvalSets(evaluation, preprocessor)
+    sizes = lambda text_set: np.full((len(text_set), 1), len(text_set))  # noqa: E731
+    fidelity = sets.embed(sizes, embedding_eval.FIDELITY_GROUPS)
+    assert {g: {n: a.shape[0] for n, a in d.items()} for g, d in fidelity.items()} == {
+        "in_domain": {"debian": 2}, "heldout": {"wordnet": 3, "manual": 1}}
+    assert set(sets.embed(sizes, embedding_eval.PROBE_GROUPS)) == {"probes", "in_domain_probes"}
+    assert (sets.count(), sets.count(embedding_eval.FIDELITY_GROUPS), sets.count(embedding_eval.PROBE_GROUPS)) == (
+        4, 3, 1)
+    with pytest.raises(ValueError, match="Unknown evaluation groups"):
+        sets.count(("heldout", "test"))
