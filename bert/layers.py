@@ -31,6 +31,15 @@ def truncated_normal(stddev):
     return keras.initializers.TruncatedNormal(stddev=stddev)
 
 
+def per_key_over_scores(per_key):
+    """A (batch, keys) tensor as (batch, 1, 1, keys): it broadcasts over the heads and queries of the scores.
+
+    expand_dims, not a new-axis slice (`x[:, None, None, :]`): TFLite has no builtin for that StridedSlice
+    once the sequence length is dynamic, and a file of any length would need the Flex delegate.
+    """
+    return tf.expand_dims(tf.expand_dims(per_key, 1), 1)
+
+
 @keras.utils.register_keras_serializable(package="bert")
 class WordEmbedding(keras.layers.Layer):
     """Token embedding table, also used (transposed) as the MLM decoder.
@@ -187,9 +196,7 @@ class AttentionMath(keras.layers.Layer):
         masked_logits = self.quantize_hooks.get("masked_logits")
         if masked_logits is None:
             bias = (1.0 - tf.cast(mask, tf.float32)) * MASK_VALUE
-            # expand_dims, not a new-axis slice: TFLite has no builtin for a StridedSlice with new axes once the
-            # sequence length is dynamic.
-            scores = scores + tf.expand_dims(tf.expand_dims(bias, 1), 1)
+            scores = scores + per_key_over_scores(bias)
         else:
             scores = masked_logits(scores, mask)
         probs = self._apply_hook("probs", tf.nn.softmax(scores, axis=-1))

@@ -79,9 +79,8 @@ def _mask_bias(mask, dtype, depth):
     """
     penalty = int(round(-bert_layers.MASK_VALUE))
     # Broadcast on the integers: an int8 reshape after the fake-quant would have to keep the scale the
-    # converter calibrates for the CAST (MASK_VALUE's), not the fake-quant's. expand_dims, not a new-axis
-    # slice: TFLite has no builtin for that slice once the sequence length is dynamic.
-    mask = tf.expand_dims(tf.expand_dims(tf.cast(mask, tf.int32), 1), 1)
+    # converter calibrates for the CAST (MASK_VALUE's), not the fake-quant's.
+    mask = bert_layers.per_key_over_scores(tf.cast(mask, tf.int32))
     bias = tf.cast((mask - 1) * penalty, dtype)
     depth = tf.minimum(depth, float(penalty))
     return tf.quantization.fake_quant_with_min_max_vars(bias, -depth, tf.zeros_like(depth), num_bits=8)

@@ -142,7 +142,7 @@ class UnitScaledAttentionMath(bert_layers.AttentionMath):
         head_size = hidden // self.num_heads
         q, k, v = (self._split_heads(t, head_size) for t in (query, key, value))
         bias = (1.0 - tf.cast(mask, tf.float32)) * bert_layers.MASK_VALUE
-        context, probs = ops.attention(q, k, v, tf.expand_dims(tf.expand_dims(bias, 1), 1))  # see bert.layers
+        context, probs = ops.attention(q, k, v, bert_layers.per_key_over_scores(bias))
         context = self._dropout_layer(context, training=training)
         context = tf.transpose(context, (0, 2, 1, 3))
         context = tf.reshape(context, (tf.shape(query)[0], tf.shape(query)[1], hidden))
