@@ -237,9 +237,13 @@ def probe_difference(a: dict, b: dict) -> dict:
     return out
 
 
-def quality(reference: dict, candidate: dict, labels: dict, folds: int, l2: float, probe: bool = True,
+def quality(reference: dict, candidate: dict, labels: dict, folds: int, l2: float,
             in_domain_labels: dict | None = None) -> dict:
-    """The report's figures for one model's embeddings against the original's (see the module docstring)."""
+    """The report's figures for one model's embeddings against the original's (see the module docstring).
+
+    Each figure comes from the groups `candidate` holds (`EvalSets.embed`): fidelity from "in_domain" /
+    "heldout", the probes from "probes" / "in_domain_probes".
+    """
     from tfreparam import fidelity
 
     result = {}
@@ -254,10 +258,10 @@ def quality(reference: dict, candidate: dict, labels: dict, folds: int, l2: floa
                 "nn_agreement": float(np.mean([v["nn_agreement"] for v in per_domain.values()])),
                 "nn_agreement_top10": float(np.mean([v["nn_agreement_top10"] for v in per_domain.values()])),
             }
-    if probe and labels and "probes" in candidate:
+    if labels and "probes" in candidate:
         result["probe"] = probe_accuracies(candidate, labels, folds, l2)
         result["probe_mean"] = float(np.mean(list(result["probe"].values())))
-    if probe and in_domain_labels and "in_domain_probes" in candidate:
+    if in_domain_labels and "in_domain_probes" in candidate:
         result["in_domain_probe"] = probe_accuracies(candidate, in_domain_labels, folds, l2, group="in_domain_probes")
         result["in_domain_probe_mean"] = float(np.mean(list(result["in_domain_probe"].values())))
     return result
