@@ -25,7 +25,6 @@ model_fp32.tflite and compressed_encoder.keras to --report_dir.
 
 from __future__ import annotations
 
-import json
 import os
 
 from absl import app, flags, logging
@@ -86,6 +85,8 @@ _flag("integer", "calibration_per_domain", "Calibration sentences per compressio
 _flag("integer", "train_per_domain", "Distillation sentences per compression domain.")
 _flag("integer", "eval_per_domain", "Evaluation sentences per domain (in-domain held-out part; held-out domains).")
 _flag("integer", "probe_sentences", "Labelled sentences per probe set.")
+_flag("integer", "retrieval_pairs", "Held-out retrieval pairs (a WordNet example sentence -> its definition, among "
+      "all the pairs' definitions) when wordnet is held out; 0: none.")
 _flag("integer", "probe_folds", "Folds of the linear probe's cross-validation.")
 _flag("float", "probe_l2", "L2 weight of the probe's logistic regression (on standardised embeddings).")
 _flag("integer", "seq_length", "Maximum tokens per sentence; exported files use this fixed length.")
@@ -154,13 +155,9 @@ def run(settings: CompressSettings) -> dict:
     return stages.CompressRun(settings).run()
 
 
-HEADLINE = ("heldout_domain_cosine", "heldout_domain_cosine_min", "heldout_domain_nn_agreement", "in_domain_cosine",
-            "probe_accuracy_original", "probe_accuracy_compressed", "compressed_int8_speedup")
-
-
 def leave_one_domain_out(settings: CompressSettings) -> dict:
-    """One run per built-in domain held out (the others compress); lodo.md / lodo.json average them."""
-    from recipes import corpus, stages
+    """One run per built-in domain held out (the others compress); `recipes.lodo` writes lodo.md / lodo.json."""
+    from recipes import corpus, lodo, stages
 
     runs = {}
     settings = settings.shared_conversions()
@@ -168,25 +165,7 @@ def leave_one_domain_out(settings: CompressSettings) -> dict:
         one = settings.replace(preset="demo", heldout_domains=(domain,), compression_domains=(),
                                report_dir=os.path.join(settings.report_dir, f"heldout_{domain}"))
         runs[domain] = stages.CompressRun(one).run()
-    average = {}
-    for key in HEADLINE:
-        values = [m[key] for m in runs.values() if m.get(key) is not None]
-        average[key] = sum(values) / len(values) if values else None
-    summary = {"average": average, "runs": {d: {k: m.get(k) for k in HEADLINE} for d, m in runs.items()},
-               "beats_layer_drop": {d: m["verdict"]["beats_layer_drop"] for d, m in runs.items()}}
-    with open(os.path.join(settings.report_dir, "lodo.json"), "w") as f:
-        json.dump(summary, f, indent=2)
-    fmt = lambda v: "—" if v is None else f"{v:.4f}"  # noqa: E731
-    lines = ["# Leave-one-domain-out", "", "| held-out domain | " + " | ".join(HEADLINE) + " | beats layer drop |",
-             "|---|" + "---:|" * len(HEADLINE) + "---|"]
-    for domain, m in summary["runs"].items():
-        lines.append(f"| {domain} | " + " | ".join(fmt(m[k]) for k in HEADLINE)
-                     + f" | {summary['beats_layer_drop'][domain]} |")
-    lines.append("| **average** | " + " | ".join(fmt(average[k]) for k in HEADLINE) + " | |")
-    with open(os.path.join(settings.report_dir, "lodo.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print("\n".join(lines), flush=True)
-    return summary
+    return lodo.write(settings.report_dir, runs)
 
 
 main = cli.main(FLAGS, check_flags, run)

@@ -73,6 +73,8 @@ class CompressSettings:
     train_per_domain: int = 2500
     eval_per_domain: int = 300
     probe_sentences: int = 2000
+    # WordNet example -> definition pairs when wordnet is held out (0: none); each query searches all the targets.
+    retrieval_pairs: int = 1000
     probe_folds: int = 5
     probe_l2: float = 0.1
     seq_length: int = 64
@@ -273,6 +275,9 @@ def from_flags(f) -> CompressSettings:
             _fail(f"--{name} must be >= 1, got {values[name]}.")
     if values["eval_per_domain"] < 11:
         _fail(f"--eval_per_domain must be >= 11 (top-10 neighbours need 11 sentences), got {values['eval_per_domain']}.")
+    if values["retrieval_pairs"] < 0 or values["retrieval_pairs"] == 1:
+        _fail(f"--retrieval_pairs must be 0 (none) or >= 2 (a query needs a wrong target to miss), got "
+              f"{values['retrieval_pairs']}.")
     if values["probe_folds"] < 2:
         _fail(f"--probe_folds must be >= 2, got {values['probe_folds']}.")
     for name in ("refit_ridge", "probe_l2", "hidden_weight", "embedding_weight"):

@@ -113,6 +113,8 @@ TASKS = ("wordnet_lexname", "debian_section", "manual_chapter")
 # The domain whose text each labelled set's texts are: keep a held-out domain's set out of compression.
 TASK_DOMAINS = {"wordnet_lexname": "wordnet", "debian_section": "debian", "manual_chapter": "manual"}
 SPLITS = ("train", "eval")
+# Retrieval sets: (query, target) pairs of one domain's text; a query's answer is its own target among all.
+RETRIEVAL_DOMAINS = {"wordnet_gloss": "wordnet"}
 
 
 class Sentence(NamedTuple):
@@ -177,6 +179,16 @@ def labelled(name: str, split: str) -> tuple[list[str], list[str]]:
     _check_task(name, split)
     rows = list(csv.DictReader(io.StringIO(_task_csv(name, split))))
     return [r["text"] for r in rows], [r["label"] for r in rows]
+
+
+@functools.lru_cache(maxsize=4)
+def retrieval_pairs(name: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(queries, targets) of a retrieval set (one of `RETRIEVAL_DOMAINS`): row i's answer is targets[i]."""
+    if name not in RETRIEVAL_DOMAINS:
+        raise ValueError(f"Unknown retrieval set {name!r}; choose from {list(RETRIEVAL_DOMAINS)}.")
+    with gzip.open(_data_file(f"{name}.pairs.csv.gz"), "rt", encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f))
+    return tuple(r["query"] for r in rows), tuple(r["target"] for r in rows)
 
 
 def write_task_csv(name: str, out_dir: str) -> tuple[str, str]:

@@ -9,7 +9,9 @@ embeddings into the figures of the report: per domain and averaged over the
 in-domain held-out parts and over the held-out domains (cosine to the
 original, min cosine, top-1 / top-10 neighbour agreement), and the linear
 probe's accuracy on each held-out domain's labelled set and, apart, on each
-compression domain's (its in-domain held-out texts only). `keras_depth_embedder`
+compression domain's (its in-domain held-out texts only), and retrieval on each
+held-out domain's pairs (a query's own target among all the set's targets, by
+cosine: what a semantic-search user of the encoder gets). `keras_depth_embedder`
 and `probe_by_depth` give the original's probe at every depth (embeddings, then
 after each block), which tells whether a labelled set rewards earlier features.
 """
@@ -23,11 +25,13 @@ import numpy as np
 from recipes import text_data
 
 EMBED_BATCH = 64
-# The groups of text sets `EvalSets.embed` can embed: fidelity (compared with the original's embeddings) and the
-# labelled probe sets.
+# The groups of text sets `EvalSets.embed` can embed: fidelity (compared with the original's embeddings), and the
+# tasks: the labelled probe sets and the retrieval pairs (figures of each model's own embedding space).
 FIDELITY_GROUPS = ("in_domain", "heldout")
 PROBE_GROUPS = ("probes", "in_domain_probes")
-EVERY_GROUP = PROBE_GROUPS + FIDELITY_GROUPS
+TASK_GROUPS = PROBE_GROUPS + ("retrieval",)
+EVERY_GROUP = TASK_GROUPS + FIDELITY_GROUPS
+RETRIEVAL_TOP = (1, 10)  # the report's retrieval figures: the own target first, or among the 10 nearest
 
 
 class TextSet:
@@ -159,6 +163,9 @@ class EvalSets:
         self.in_domain_probes = {name: TextSet(preprocessor, texts)
                                  for name, (texts, _) in evaluation.in_domain_probes.items()}
         self.in_domain_labels = {name: list(labels) for name, (_, labels) in evaluation.in_domain_probes.items()}
+        # "<set>.query" and "<set>.target": row i of the one is answered by row i of the other.
+        self.retrieval = {f"{name}.{side}": TextSet(preprocessor, texts) for name, pair in evaluation.retrieval.items()
+                          for side, texts in zip(("query", "target"), pair)}
 
     def _groups(self, groups) -> list[tuple[str, dict]]:
         unknown = set(groups) - set(EVERY_GROUP)
@@ -223,8 +230,9 @@ def probe_answers(embeddings: dict, labels: dict, folds: int, l2: float, group: 
             for name in sorted(labels)}
 
 
-def probe_difference(a: dict, b: dict) -> dict:
-    """Mean probe accuracy of answers `a` minus `b` (`probe_answers` of two models), with a paired interval.
+def paired_difference(a: dict, b: dict) -> dict:
+    """Mean accuracy of answers `a` minus `b` (`probe_answers` or `retrieval_answers` of two models), with a
+    paired interval.
 
     {"difference", "low", "high", "examples", "per_set": {set: difference}}; see
     `tfreparam.fidelity.paired_accuracy_difference`.
@@ -237,12 +245,34 @@ def probe_difference(a: dict, b: dict) -> dict:
     return out
 
 
+def retrieval_correct(queries, targets, top: int = 1) -> np.ndarray:
+    """Per query, whether its own target (the same row of `targets`) is among its `top` most cosine-similar targets.
+
+    Ties count for the query: only targets strictly more similar than its own push it down.
+    """
+    q, t = (np.asarray(x, np.float64) for x in (queries, targets))
+    if q.ndim != 2 or q.shape != t.shape or len(q) < 2:
+        raise ValueError(f"Retrieval needs as many target as query embeddings (2 or more, one width); got {q.shape} "
+                         f"and {t.shape}.")
+    q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
+    t = t / np.maximum(np.linalg.norm(t, axis=1, keepdims=True), 1e-12)
+    scores = q @ t.T
+    return np.sum(scores > np.diag(scores)[:, None], axis=1) < top
+
+
+def retrieval_answers(embeddings: dict, top: int = 1) -> dict:
+    """{set: per-query bool array} of the "retrieval" group's sets (`EvalSets.retrieval` names)."""
+    group = embeddings.get("retrieval", {})
+    names = sorted(name[:-len(".query")] for name in group if name.endswith(".query"))
+    return {name: retrieval_correct(group[f"{name}.query"], group[f"{name}.target"], top) for name in names}
+
+
 def quality(reference: dict, candidate: dict, labels: dict, folds: int, l2: float,
             in_domain_labels: dict | None = None) -> dict:
     """The report's figures for one model's embeddings against the original's (see the module docstring).
 
     Each figure comes from the groups `candidate` holds (`EvalSets.embed`): fidelity from "in_domain" /
-    "heldout", the probes from "probes" / "in_domain_probes".
+    "heldout", the probes from "probes" / "in_domain_probes", retrieval from "retrieval".
     """
     from tfreparam import fidelity
 
@@ -264,4 +294,16 @@ def quality(reference: dict, candidate: dict, labels: dict, folds: int, l2: floa
     if in_domain_labels and "in_domain_probes" in candidate:
         result["in_domain_probe"] = probe_accuracies(candidate, in_domain_labels, folds, l2, group="in_domain_probes")
         result["in_domain_probe_mean"] = float(np.mean(list(result["in_domain_probe"].values())))
+    result.update(retrieval_figures(candidate))
     return result
+
+
+def retrieval_figures(embeddings: dict) -> dict:
+    """{"retrieval": {set: {"top1", "top10"}}, "retrieval_mean": mean top-1} of the retrieval sets held; {} if none."""
+    figures = {}
+    for top in RETRIEVAL_TOP:
+        for name, correct in retrieval_answers(embeddings, top).items():
+            figures.setdefault(name, {})[f"top{top}"] = float(np.mean(correct))
+    if not figures:
+        return {}
+    return {"retrieval": figures, "retrieval_mean": float(np.mean([f["top1"] for f in figures.values()]))}

@@ -5,12 +5,13 @@ hash of each sentence into calibration / train (distillation) / in-domain
 held-out parts. The *held-out domains* never reach compression at all: the
 compression stages (calibration, importance, refit, distillation) receive
 only a `CompressionText`, which by construction holds no sentence of a
-held-out domain, of a held-out domain's labelled set, or equal to one of
-them; `EvaluationText` (in-domain held-out sentences, held-out domains'
-sentences, their labelled probe sets) goes to evaluation only. A compression
-domain's labelled set is a probe too (the *in-domain probe*), restricted to
-the texts its hash puts in the in-domain held-out part, so that the probe,
-like the cosine, is reported both in-domain and on held-out domains.
+held-out domain, of a held-out domain's labelled or retrieval set, or equal
+to one of them; `EvaluationText` (in-domain held-out sentences, held-out
+domains' sentences, their labelled probe sets and retrieval pairs) goes to
+evaluation only. A compression domain's labelled set is a probe too (the
+*in-domain probe*), restricted to the texts its hash puts in the in-domain
+held-out part, so that the probe, like the cosine, is reported both
+in-domain and on held-out domains.
 
 Sources: the built-in corpus (`recipes.corpus`, domains minus
 `--heldout_domains`), or `--train_files` (one domain per file, named after
@@ -86,12 +87,14 @@ class EvaluationText:
     probes: dict  # labelled set name -> (texts, labels), of held-out domains only
     # the same of compression domains, only texts of their in-domain held-out part (never calibration or train)
     in_domain_probes: dict = dataclasses.field(default_factory=dict)
+    retrieval: dict = dataclasses.field(default_factory=dict)  # set name -> (queries, targets), held-out domains'
 
     def counts(self) -> dict:
         return {"in_domain_heldout": {d: len(v) for d, v in self.in_domain.items()},
                 "heldout_domains": {d: len(v) for d, v in self.heldout.items()},
                 "probe": {name: len(texts) for name, (texts, _) in self.probes.items()},
-                "in_domain_probe": {name: len(texts) for name, (texts, _) in self.in_domain_probes.items()}}
+                "in_domain_probe": {name: len(texts) for name, (texts, _) in self.in_domain_probes.items()},
+                "retrieval": {name: len(queries) for name, (queries, _) in self.retrieval.items()}}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,19 +164,32 @@ def _probe_sets(domains, probe_sentences: int, folds: int, keep: Callable[[str],
     return probes
 
 
+def _retrieval_sets(domains, pairs: int) -> dict:
+    """The retrieval sets whose text is text of `domains`: up to `pairs` (query, target) pairs each, by hash."""
+    sets = {}
+    for name, domain in corpus.RETRIEVAL_DOMAINS.items():
+        if domain in domains and pairs:
+            chosen = sorted(zip(*corpus.retrieval_pairs(name)), key=lambda p: _rank(p[0], "retrieval"))[:pairs]
+            sets[name] = (tuple(q for q, _ in chosen), tuple(t for _, t in chosen))
+    return sets
+
+
 def build(settings, vocab_path: Optional[str] = None, log: Callable[[str], None] = print) -> Protocol:
     """The protocol of `settings` (a `CompressSettings`): compression text and evaluation text, disjoint."""
     # Held-out domains first: their text (and labelled sets) is what compression must never see.
     labelled = []
     if settings.eval_files:
         heldout_all = _file_domains(settings.eval_files, "--eval_files", log)
-        probes = {}
+        probes, retrieval = {}, {}
     else:
         heldout_all = {d: [s.text for s in corpus.load(d)] for d in settings.heldout_domains}
         probes = _probe_sets(heldout_all, settings.probe_sentences, settings.probe_folds)
-        # Every text of their labelled sets, not only the probe's sample (--train_files may hold the rest).
+        retrieval = _retrieval_sets(heldout_all, settings.retrieval_pairs)
+        # Every text of their labelled and retrieval sets, not only the samples (--train_files may hold the rest).
         labelled = [t for name, domain in corpus.TASK_DOMAINS.items() if domain in heldout_all
                     for split in corpus.SPLITS for t in corpus.labelled(name, split)[0]]
+        labelled += [t for name, domain in corpus.RETRIEVAL_DOMAINS.items() if domain in heldout_all
+                     for texts in corpus.retrieval_pairs(name) for t in texts]
     forbidden = {_normal(t) for texts in heldout_all.values() for t in texts}
     forbidden |= {_normal(t) for t in labelled}
 
@@ -229,4 +245,4 @@ def build(settings, vocab_path: Optional[str] = None, log: Callable[[str], None]
     if short:
         raise ValueError(f"Held-out domain(s) {short} have fewer than 11 sentences (top-10 neighbours need 11); "
                          "give more text.")
-    return Protocol(compression, EvaluationText(in_domain, heldout, probes, in_domain_probes))
+    return Protocol(compression, EvaluationText(in_domain, heldout, probes, in_domain_probes, retrieval))

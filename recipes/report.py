@@ -40,6 +40,8 @@ STAGE_NAMES = {"load": "load the checkpoint", "text": "split the text (protocol)
                "latency": "batch-1 latency, side by side"}
 # Models of the per-set probe table (evaluate stage keys), after the original.
 PROBE_MODELS = ("compressed", "compressed_int8", "layer_drop", "layer_drop_int8", "minilm_l3", "minilm_l3_int8")
+# ... and of the retrieval table, where the original's int8 file counts too (no training: nothing to save there).
+RETRIEVAL_MODELS = ("original_int8",) + PROBE_MODELS
 EQUAL_LATENCY = 1.05  # latencies within 5 % count as equal (the noise of side-by-side timing on a shared machine)
 EARLIER_DEPTH_MARGIN = 0.01  # an earlier block probing this much better than the output is named in the report
 
@@ -67,6 +69,8 @@ def _row(run_results, key):
            if key == "original_fp32" else quality.get("probe_mean"),
            "in_domain_probe": _mean(run_results["reference"]["in_domain_probe"])
            if key == "original_fp32" else quality.get("in_domain_probe_mean"),
+           "retrieval": _mean({n: f["top1"] for n, f in run_results["reference"].get("retrieval", {}).items()})
+           if key == "original_fp32" else quality.get("retrieval_mean"),
            "latency_ms": timing[key]["ms"], "latency_median_ms": timing[key]["median_ms"],
            "speedup": timing[key].get("speedup"), "bytes": files[key]}
     return row
@@ -86,7 +90,8 @@ def metrics(run) -> dict:
         "seq_length": s.seq_length,
         "protocol": {"compression_domains": r["text"]["compression_domains"],
                      "heldout_domains": r["text"]["heldout_domains"], "probe_sets": r["text"]["probe_sets"],
-                     "in_domain_probe_sets": r["text"]["in_domain_probe_sets"]},
+                     "in_domain_probe_sets": r["text"]["in_domain_probe_sets"],
+                     "retrieval_sets": r["text"].get("retrieval_sets", [])},
         "sentences": r["text"]["sentences"],
         "heldout_domain_cosine": ours["heldout_mean"]["cosine"],
         "heldout_domain_cosine_min": ours["heldout_mean"]["cosine_min"],
@@ -113,6 +118,10 @@ def metrics(run) -> dict:
                                     **{model: evaluate.get(model, {}).get("in_domain_probe", {}).get(name)
                                        for model in PROBE_MODELS}}
                              for name, acc in r["reference"]["in_domain_probe"].items()},
+        # Held-out retrieval (a query's own target among the set's): {set: {model: {"top1", "top10"}}}.
+        "retrieval": {name: {"original": figures, **{model: evaluate.get(model, {}).get("retrieval", {}).get(name)
+                                                     for model in RETRIEVAL_MODELS}}
+                      for name, figures in r["reference"].get("retrieval", {}).items()},
         # The original's probe at each depth (embedding layer, then after each block; the last is its output).
         "probe_by_depth_original": r["reference"]["probe_by_depth"],
         "in_domain_probe_by_depth_original": r["reference"]["in_domain_probe_by_depth"],
@@ -158,6 +167,7 @@ def metrics(run) -> dict:
             m[name.replace(" ", "_")] = {k: v for k, v in r[name].items() if not k.startswith("_")}
     m["probe_differences"] = probe_differences(run)
     m["in_domain_probe_differences"] = probe_differences(run, "in_domain_probes")
+    m["retrieval_differences"] = retrieval_differences(run)
     m["verdict"] = verdict(by_key, m["probes"], m["probe_differences"].get("ours_int8_minus_layer_drop_int8"))
     m["targets"] = targets(m)
     return m
@@ -261,12 +271,33 @@ def probe_differences(run, group: str = "probes") -> dict:
 
     stored = lambda name: run._path("evaluate", f"{name}.npz")  # noqa: E731
     ours, original = answers(embedding_eval.load(stored("compressed_int8"))), answers(run.reference_embeddings)
-    out = {"ours_int8_minus_original": embedding_eval.probe_difference(ours, original)}
+    out = {"ours_int8_minus_original": embedding_eval.paired_difference(ours, original)}
     if os.path.isfile(stored("layer_drop_int8")):
         layer_drop = answers(embedding_eval.load(stored("layer_drop_int8")))
-        out["ours_int8_minus_layer_drop_int8"] = embedding_eval.probe_difference(ours, layer_drop)
+        out["ours_int8_minus_layer_drop_int8"] = embedding_eval.paired_difference(ours, layer_drop)
         # The lead an exact copy of the original would have: the most any model faithful to it can reach.
-        out["original_minus_layer_drop_int8"] = embedding_eval.probe_difference(original, layer_drop)
+        out["original_minus_layer_drop_int8"] = embedding_eval.paired_difference(original, layer_drop)
+    return out
+
+
+def retrieval_differences(run) -> dict:
+    """Our int8 file's top-1 retrieval minus the original's, the layer drop's and MiniLM-L3 int8's, paired.
+
+    From the stored embeddings, like `probe_differences` (no training here: cosine ranks only).
+    """
+    from recipes import embedding_eval
+
+    original = embedding_eval.retrieval_answers(run.reference_embeddings)
+    if not original:
+        return {}
+    stored = lambda name: run._path("evaluate", f"{name}.npz")  # noqa: E731
+    ours = embedding_eval.retrieval_answers(embedding_eval.load(stored("compressed_int8")))
+    out = {"ours_int8_minus_original": embedding_eval.paired_difference(ours, original)}
+    for key, name in (("ours_int8_minus_layer_drop_int8", "layer_drop_int8"),
+                      ("ours_int8_minus_minilm_l3_int8", "minilm_l3_int8")):
+        if os.path.isfile(stored(name)):
+            out[key] = embedding_eval.paired_difference(
+                ours, embedding_eval.retrieval_answers(embedding_eval.load(stored(name))))
     return out
 
 
@@ -380,7 +411,7 @@ def _report_lines(m: dict) -> list[str]:
              f"Linear probe: {', '.join(protocol['probe_sets']) or 'none (no labelled set for these domains)'}"
              + (f"; in-domain: {', '.join(protocol['in_domain_probe_sets'])}" if protocol.get("in_domain_probe_sets")
                 else "") + ".", "",
-             f"**{m['verdict']['text']}**", ""] + _depth_note(m) + [
+             f"**{m['verdict']['text']}**", ""] + _retrieval_headline(m) + _depth_note(m) + [
              "Targets of this job's default setting: "
              + "; ".join(f"{t['what']}: {'met' if t['met'] else '**not met**'}"
                          + (f" ({t['note']})" if t.get("note") else "") for t in m["targets"].values())
@@ -392,20 +423,25 @@ def _report_lines(m: dict) -> list[str]:
              "held-out domains of each sentence embedding's cosine to the original's (min: the worst sentence). "
              "Probe: k-fold accuracy of a logistic regression on the held-out domains' labelled sets; in-domain "
              "probe: the same on the compression domains' labelled sets, only their texts that fell in the in-domain "
-             "held-out part (never calibration or distillation text).", "",
+             "held-out part (never calibration or distillation text)."
+             + (" Retrieval: how often a held-out query's own answer is the most cosine-similar of all the set's "
+                "answers (top-1)." if m.get("retrieval") else ""), "",
              "| model | runtime | held-out cosine | min | NN top-1 | NN top-10 | in-domain cosine | probe | "
-             "in-domain probe | ms | speed-up | MB |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "in-domain probe | " + ("retrieval | " if m.get("retrieval") else "") + "ms | speed-up | MB |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if m.get("retrieval") else "")
+             + "---:|---:|---:|"]
     for row in m["models"]:
         lines.append(f"| {_LABELS[row['key']]} | {_runtime(row['key'], m)} | {_fmt(row['heldout_cosine'])} | "
                      f"{_fmt(row['heldout_cosine_min'])} | {_fmt(row['heldout_nn_agreement'], '{:.3f}')} | "
                      f"{_fmt(row['heldout_nn_agreement_top10'], '{:.3f}')} | {_fmt(row['in_domain_cosine'])} | "
                      f"{_fmt(row['probe'], '{:.3f}')} | {_fmt(row.get('in_domain_probe'), '{:.3f}')} | "
-                     f"{row['latency_ms']:.2f} | {_fmt(row['speedup'], '{:.2f}x')} | "
+                     + (f"{_fmt(row.get('retrieval'), '{:.3f}')} | " if m.get("retrieval") else "")
+                     + f"{row['latency_ms']:.2f} | {_fmt(row['speedup'], '{:.2f}x')} | "
                      f"{row['bytes'] / 1e6:.1f} |")
     if "minilm_l3" in m["baselines"]:
         lines += ["", "MiniLM-L3 has its own embedding space, so its cosine to the original means nothing: only its "
-                  "probe accuracy, latency and size compare."]
+                  "probe" + (" and retrieval accuracy" if m.get("retrieval") else " accuracy") + ", latency and size "
+                  "compare."]
     ort = m.get("onnxruntime")
     if ort:
         lines += ["", "In one runtime (ONNX Runtime, every file dynamic int8 the same way; tf2onnx's graph of ours and "
@@ -445,6 +481,7 @@ def _report_lines(m: dict) -> list[str]:
             lines.append(f"- In-domain, {_DIFFERENCE_NAMES[key]}: {_points(difference)}.")
         lines.append("")
 
+    lines += _retrieval_section(m)
     lines += _depth_table(m)
     lines += ["## Baselines", ""]
     b = m["baselines"]
@@ -537,8 +574,52 @@ def _report_lines(m: dict) -> list[str]:
 
 _DIFFERENCE_NAMES = {"ours_int8_minus_original": "ours int8 minus the original",
                      "ours_int8_minus_layer_drop_int8": "ours int8 minus layer drop int8",
+                     "ours_int8_minus_minilm_l3_int8": "ours int8 minus MiniLM-L3 int8",
                      "original_minus_layer_drop_int8": "the original minus layer drop int8 (the lead of an exact copy "
                                                        "of the original: the most a model faithful to it can reach)"}
+
+
+_RETRIEVAL_TITLES = {"wordnet_gloss": "a WordNet example sentence -> its synset's definition"}
+
+
+def _retrieval_headline(m: dict) -> list[str]:
+    """Under the verdict: held-out retrieval, ours against the layer drop, the original and MiniLM-L3."""
+    r = m.get("retrieval_differences") or {}
+    if not r or "ours_int8_minus_layer_drop_int8" not in r:
+        return []
+    mean = lambda model: _mean({n: (f.get(model) or {}).get("top1") for n, f in m["retrieval"].items()})  # noqa: E731
+    line = (f"Held-out retrieval ({', '.join(m['retrieval'])}: {r['ours_int8_minus_original']['examples']:,} "
+            f"queries, each searching all its set's answers; top-1): ours int8 "
+            f"{_fmt(mean('compressed_int8'), '{:.3f}')}, layer drop int8 {_fmt(mean('layer_drop_int8'), '{:.3f}')} "
+            f"({_points(r['ours_int8_minus_layer_drop_int8']).replace('sentences', 'queries')} for ours), "
+            f"the original {_fmt(mean('original'), '{:.3f}')}")
+    if "ours_int8_minus_minilm_l3_int8" in r:
+        line += f", MiniLM-L3 int8 {_fmt(mean('minilm_l3_int8'), '{:.3f}')}"
+    return [line + ".", ""]
+
+
+def _retrieval_section(m: dict) -> list[str]:
+    if not m.get("retrieval"):
+        return []
+    lines = ["## Retrieval (held-out domain)", "",
+             "Each query searches all the set's answers by cosine (the encoder used as a semantic-search user uses "
+             "it); top-1: its own answer comes first, top-10: among the ten nearest. Every model ranks in its own "
+             "embedding space, so MiniLM-L3 compares here.", "",
+             ]
+    names = {"original": "original (Keras fp32)", "original_int8": "original int8", "compressed": "ours fp32",
+             "compressed_int8": "ours int8", "layer_drop": "layer drop fp32", "layer_drop_int8": "layer drop int8",
+             "minilm_l3": "MiniLM-L3 fp32", "minilm_l3_int8": "MiniLM-L3 int8"}
+    for name, by_model in m["retrieval"].items():
+        lines += [f"{name}: {_RETRIEVAL_TITLES.get(name, name)}, {m['sentences']['retrieval'][name]:,} queries.", "",
+                  "| model | top-1 | top-10 |", "|---|---:|---:|"]
+        lines += [f"| {label} | {by_model[model]['top1']:.3f} | {by_model[model]['top10']:.3f} |"
+                  for model, label in names.items() if by_model.get(model)]
+        lines.append("")
+    for key, difference in (m.get("retrieval_differences") or {}).items():
+        name = _DIFFERENCE_NAMES[key]
+        lines.append(f"- Top-1, {name}: {_points(difference).replace('sentences', 'queries')}; the interval "
+                     "resamples the queries (paired).")
+    return lines + [""]
 
 
 def _probe_table(probes: dict, counts: dict) -> list[str]:
@@ -595,19 +676,23 @@ def _stage_name(name: str) -> str:
 
 
 def plot_pareto(report_dir: str, metrics: dict) -> list[str]:
-    """pareto.png: held-out cosine and probe accuracy against batch-1 latency and file size, one point per file."""
+    """pareto.png: held-out cosine, probe accuracy (and retrieval, where measured) against batch-1 latency and file
+    size, one point per file."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = metrics["models"]
-    fig, axes = plt.subplots(2, 2, figsize=(10, 7.5))
+    panels = [("heldout_cosine", "held-out-domain cosine to the original"),
+              ("probe", "probe accuracy (held-out domains)")]
+    if any(row.get("retrieval") is not None for row in rows):
+        panels.append(("retrieval", "retrieval top-1 (held-out domain)"))
+    fig, axes = plt.subplots(len(panels), 2, figsize=(10, 3.75 * len(panels)))
     colours = {"original": "tab:gray", "ours": "tab:red", "layer drop": "tab:blue", "MiniLM-L3": "tab:green"}
     marks = {"fp32": "o", "int8": "s", "int8 (ONNX Runtime)": "^"}
     labelled = set()
-    for r, (quality, title) in enumerate((("heldout_cosine", "held-out-domain cosine to the original"),
-                                          ("probe", "probe accuracy (held-out domains)"))):
+    for r, (quality, title) in enumerate(panels):
         for c, (x_key, x_title) in enumerate((("latency_ms", "batch-1 latency (ms)"), ("bytes", "file size (MB)"))):
             ax = axes[r][c]
             for row in rows:
@@ -615,7 +700,7 @@ def plot_pareto(report_dir: str, metrics: dict) -> list[str]:
                 model, fmt = next((mo, fo) for k, mo, fo in ROWS if k == key)
                 if fmt == "int8" and _in_onnxruntime(key):
                     fmt = "int8 (ONNX Runtime)"
-                y = row[quality]
+                y = row.get(quality)
                 if y is None or (quality == "heldout_cosine" and model == "MiniLM-L3"):
                     continue
                 x = row[x_key] / (1e6 if x_key == "bytes" else 1)

@@ -37,7 +37,8 @@ LOG_PREFIX = "compress"
 CALIBRATION_BATCH = 32
 # Re-searches of the pruned structure when its measured int8 speed-up misses the target.
 MAX_PRUNE_CORRECTIONS = 2
-REFERENCE_OUTPUTS = ("embeddings", "probe", "in_domain_probe", "probe_by_depth", "in_domain_probe_by_depth")
+REFERENCE_OUTPUTS = ("embeddings", "probe", "in_domain_probe", "probe_by_depth", "in_domain_probe_by_depth",
+                     "retrieval")
 
 
 def log(line: str) -> None:
@@ -155,13 +156,15 @@ class CompressRun(pipeline_lib.StagedJob):
             return {"sentences": self.protocol.counts(), "compression_domains": list(self.protocol.compression.domains),
                     "heldout_domains": list(self.protocol.evaluation.heldout),
                     "probe_sets": list(self.protocol.evaluation.probes),
-                    "in_domain_probe_sets": list(self.protocol.evaluation.in_domain_probes)}
+                    "in_domain_probe_sets": list(self.protocol.evaluation.in_domain_probes),
+                    "retrieval_sets": list(self.protocol.evaluation.retrieval)}
 
         self._stage("text", fn, cache=False)
         c, e = self.protocol.compression, self.protocol.evaluation
         texts = [c.texts("calibration"), c.texts("train"), sorted(e.in_domain.items()), sorted(e.heldout.items()),
                  sorted((k, list(v[0]), list(v[1])) for k, v in e.probes.items()),
-                 sorted((k, list(v[0]), list(v[1])) for k, v in e.in_domain_probes.items())]
+                 sorted((k, list(v[0]), list(v[1])) for k, v in e.in_domain_probes.items()),
+                 sorted((k, list(v[0]), list(v[1])) for k, v in e.retrieval.items())]
         self.text_key = pipeline_lib.fingerprint(self.s.model, self.s.seq_length, texts)
         self.calibration_key = pipeline_lib.fingerprint(self.s.model, self.s.seq_length, texts[0])
         self.train_key = pipeline_lib.fingerprint(texts[1])
@@ -198,7 +201,8 @@ class CompressRun(pipeline_lib.StagedJob):
                                                       group="in_domain_probes")
             return {"probe": {name: a[-1] for name, a in probes.items()},
                     "in_domain_probe": {name: a[-1] for name, a in in_domain.items()},
-                    "probe_by_depth": probes, "in_domain_probe_by_depth": in_domain}
+                    "probe_by_depth": probes, "in_domain_probe_by_depth": in_domain,
+                    "retrieval": embedding_eval.retrieval_figures(embeddings).get("retrieval", {})}
 
         # `outputs` names what the stage writes: a cache from before one of them existed is redone.
         self._stage("reference", fn, self.text_key,
@@ -688,7 +692,7 @@ class CompressRun(pipeline_lib.StagedJob):
         import bert
 
         s, seq = self.s, self.s.seq_length
-        every, probes = embedding_eval.EVERY_GROUP, embedding_eval.PROBE_GROUPS
+        every, tasks = embedding_eval.EVERY_GROUP, embedding_eval.TASK_GROUPS
         candidates = {  # name: (embedder factory, the groups of text sets it embeds)
             "original_int8": (lambda: embedding_eval.artifact_embedder(self.files["original_int8"]), every),
             "compressed": (lambda: embedding_eval.keras_embedder(self.models["compressed"]), every),
@@ -699,8 +703,8 @@ class CompressRun(pipeline_lib.StagedJob):
             candidates["layer_drop_int8"] = (
                 lambda: embedding_eval.artifact_embedder(self.files["layer_drop_int8"]), every)
         if "minilm_l3" in s.baselines:  # another embedding space: its cosine to the original means nothing
-            candidates["minilm_l3"] = (lambda: embedding_eval.l3_embedder(self.files["minilm_l3_fp32"]), probes)
-            candidates["minilm_l3_int8"] = (lambda: embedding_eval.l3_embedder(self.files["minilm_l3_int8"]), probes)
+            candidates["minilm_l3"] = (lambda: embedding_eval.l3_embedder(self.files["minilm_l3_fp32"]), tasks)
+            candidates["minilm_l3_int8"] = (lambda: embedding_eval.l3_embedder(self.files["minilm_l3_int8"]), tasks)
         # The ONNX Runtime files are here for latency in one runtime with L3; their cosine shows that runtime's own
         # int8 loss. Their probe stayed within 0.01 of the TFLite int8 files' and cost ~110 s of a demo (ONNX
         # Runtime's int8 runs batches at half TFLite's speed on AVX2), so they embed the fidelity sets only.

@@ -1,6 +1,7 @@
 r"""Build the committed multi-domain corpus snapshot (`recipes/data/`) from Debian packages.
 
     python -m tools.make_corpus                          # rebuild recipes/data/ (apt-get, dpkg-deb, network; root)
+    python -m tools.make_corpus --retrieval_only         # add only the retrieval sets (downloads wordnet-base)
     python -m tools.make_corpus --export_task=wordnet_lexname --out_dir=/tmp/wn
         # /tmp/wn/train.csv and /tmp/wn/eval.csv (columns text,label) from the committed snapshot, for
         # --train_files=/tmp/wn/train.csv --eval_files=/tmp/wn/eval.csv --text_fields=text --label_field=label
@@ -18,6 +19,10 @@ Labelled sets (labels the sources assigned):
   wordnet_lexname  a synset's definition -> its lexicographer file (noun.animal, verb.motion, ...)
   debian_section   a package's synopsis + first description sentence -> its archive Section
   manual_chapter   a sentence of the Debian Reference -> its chapter (ch01 ... ch12)
+
+Retrieval sets (pairs the sources made):
+
+  wordnet_gloss    a synset's example sentence -> the synset's definition
 
 Every step is deterministic: sentences are chosen and split by SHA-256 of their
 text, rows are written in a fixed order and the gzip headers carry no time, so
@@ -53,6 +58,11 @@ flags.DEFINE_integer("min_class", 150, "Labels with fewer examples than this are
                      flag_values=FLAGS)
 flags.DEFINE_string("export_task", None, "Write train.csv / eval.csv of this labelled set (from the committed "
                     "snapshot) to --out_dir instead of rebuilding.", flag_values=FLAGS)
+flags.DEFINE_integer("retrieval_pairs", 2000, "Pairs kept in each retrieval set (chosen by a hash of the "
+                     "target).", flag_values=FLAGS)
+flags.DEFINE_bool("retrieval_only", False, "Add the retrieval sets to the committed snapshot from the same "
+                  "wordnet-base version, leaving every other file as it is (downloads only wordnet-base).",
+                  flag_values=FLAGS)
 flags.DEFINE_string("workdir", None, "Keep downloads here (default: a temporary directory, removed afterwards).",
                     flag_values=FLAGS)
 
@@ -204,7 +214,7 @@ def _run(*command, **kwargs):
                              "Debian's apt-get and dpkg-deb, root (for apt-get update) and the network.") from None
 
 
-def fetch(workdir: str) -> dict:
+def fetch(workdir: str, packages=PACKAGES) -> dict:
     """Downloads and unpacks the packages and the archive's English descriptions; returns provenance."""
     lists = os.path.join(workdir, "lists")
     os.makedirs(os.path.join(lists, "partial"), exist_ok=True)
@@ -216,7 +226,7 @@ def fetch(workdir: str) -> dict:
     _run("apt-get", *apt, "update")
     debs = os.path.join(workdir, "debs")
     os.makedirs(debs, exist_ok=True)
-    _run("apt-get", *apt, "download", *PACKAGES, cwd=debs)
+    _run("apt-get", *apt, "download", *packages, cwd=debs)
     versions, root = {}, os.path.join(workdir, "root")
     for deb in sorted(glob.glob(os.path.join(debs, "*.deb"))):
         versions[_run("dpkg-deb", "-f", deb, "Package").strip()] = _run("dpkg-deb", "-f", deb, "Version").strip()
@@ -237,21 +247,56 @@ def _lists(lists: str, kind: str) -> list[str]:
     return sorted(p for p in glob.glob(os.path.join(lists, f"*_{kind}*")) if "_main_" in p)
 
 
-def build_wordnet(root: str):
+def read_wordnet(root: str) -> list[tuple[str, str, list[str]]]:
+    """(lexname, definition, [examples]) of every synset of an unpacked wordnet-base, in file order."""
     with gzip.open(os.path.join(root, "usr/share/man/man5/lexnames.5WN.gz"), "rt") as f:
         names = lexnames(f.read())
-    sentences, labelled = [], []
+    synsets = []
     for part in ("noun", "verb", "adj", "adv"):
         with open(os.path.join(root, f"usr/share/wordnet/data.{part}"), encoding="utf-8") as f:
-            for lexname, definition, examples in wordnet_synsets(f, names):
-                for text in (definition, *examples):
-                    text = clean(text)
-                    if text:
-                        sentences.append(text)
-                definition = clean(definition)
-                if definition:
-                    labelled.append((definition, lexname))
+            synsets.extend(wordnet_synsets(f, names))
+    return synsets
+
+
+def build_wordnet(synsets):
+    """The wordnet domain's sentences and the (definition, lexname) pairs of its labelled set."""
+    sentences, labelled = [], []
+    for lexname, definition, examples in synsets:
+        for text in (definition, *examples):
+            text = clean(text)
+            if text:
+                sentences.append(text)
+        definition = clean(definition)
+        if definition:
+            labelled.append((definition, lexname))
     return sentences, labelled
+
+
+def gloss_pairs(synsets) -> list[tuple[str, str]]:
+    """(example sentence, its synset's definition): the first example of each synset that cleans.
+
+    A text that two synsets share (as example or as definition) cannot say which answer is right, so its
+    pairs are dropped, as is a pair whose example is its definition.
+    """
+    pairs = []
+    for _, definition, examples in synsets:
+        definition = clean(definition)
+        example = next((e for e in map(clean, examples) if e), None)
+        if definition and example and key(example) != key(definition):
+            pairs.append((example, definition))
+    uses = collections.Counter(key(text) for pair in pairs for text in pair)
+    return [(q, t) for q, t in pairs if uses[key(q)] == 1 and uses[key(t)] == 1]
+
+
+def retrieval_pairs(synsets) -> dict[str, list[tuple[str, str]]]:
+    """{retrieval set: every (query, target) pair found} (RETRIEVAL_DOMAINS names the sets)."""
+    return {"wordnet_gloss": gloss_pairs(synsets)}
+
+
+def retrieval_set(pairs, count: int) -> list[tuple[str, str]]:
+    """Up to `count` pairs chosen by SHA-256("retrieval:" + target), in the order of SHA-256(query)."""
+    chosen = sorted(pairs, key=lambda pair: digest(pair[1], "retrieval:"))[:count]
+    return sorted(chosen, key=lambda pair: digest(pair[0]))
 
 
 def build_debian(lists: str):
@@ -354,10 +399,10 @@ def _write_gzip(path: str, text: str) -> None:
         f.write(text.encode("utf-8"))
 
 
-def csv_text(rows) -> str:
+def csv_text(rows, header=("text", "label")) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["text", "label"])
+    writer.writerow(list(header))
     writer.writerows(rows)
     return out.getvalue()
 
@@ -389,13 +434,28 @@ def write_snapshot(out_dir: str, corpus_rows: dict[str, list[str]], tasks: dict,
             **{split: len(rows) for split, rows in parts.items()},
             "classes": dict(sorted(collections.Counter(label for _, label in parts["train"] + parts["eval"]).items())),
         }
-    with open(os.path.join(out_dir, "manifest.json"), "w") as f:
-        json.dump(manifest, f, indent=2, sort_keys=False)
-        f.write("\n")
+    _write_manifest(out_dir, manifest)
     return manifest
 
 
+def write_retrieval(out_dir: str, manifest: dict, pairs: dict[str, list[tuple[str, str]]]) -> None:
+    """`<name>.pairs.csv.gz` (columns query,target) of each retrieval set; their counts go into the manifest."""
+    manifest["retrieval_pairs"], manifest["retrieval"] = FLAGS.retrieval_pairs, {}
+    for name, found in pairs.items():
+        rows = retrieval_set(found, FLAGS.retrieval_pairs)
+        _write_gzip(os.path.join(out_dir, f"{name}.pairs.csv.gz"), csv_text(rows, header=("query", "target")))
+        manifest["retrieval"][name] = {"domain": RETRIEVAL_DOMAINS[name], "found": len(found), "pairs": len(rows)}
+    _write_manifest(out_dir, manifest)
+
+
+def _write_manifest(out_dir: str, manifest: dict) -> None:
+    with open(os.path.join(out_dir, "manifest.json"), "w") as f:
+        json.dump(manifest, f, indent=2, sort_keys=False)
+        f.write("\n")
+
+
 TASK_DOMAINS = {"wordnet_lexname": "wordnet", "debian_section": "debian", "manual_chapter": "manual"}
+RETRIEVAL_DOMAINS = {"wordnet_gloss": "wordnet"}
 # The Debian Reference has ~1,900 sentences in its 12 chapters (58 to 389 each): --min_class=150 would keep
 # 3 chapters and --per_class=400 would leave 6.5x more of chapter 1 than of chapter 5. Its own limits keep the
 # 10 chapters with >= 60 sentences, at most 200 each (max/min ~3 like the other sets), about 1,300 rows.
@@ -410,7 +470,8 @@ def task_limits(name: str) -> dict:
 def build(out_dir: str, workdir: str) -> dict:
     provenance = fetch(workdir)
     root = provenance["root"]
-    wordnet, wordnet_labels = build_wordnet(root)
+    synsets = read_wordnet(root)
+    wordnet, wordnet_labels = build_wordnet(synsets)
     debian, debian_labels = build_debian(provenance["lists"])
     manual, manual_labels = build_manual(root)
     raw = {"wordnet": wordnet, "debian": debian, "stdlib": build_stdlib(), "manual": manual,
@@ -420,6 +481,7 @@ def build(out_dir: str, workdir: str) -> dict:
     pairs = {"wordnet_lexname": wordnet_labels, "debian_section": debian_labels, "manual_chapter": manual_labels}
     tasks = {name: labelled_set(pairs[name], **task_limits(name), salt="task:") for name in TASK_DOMAINS}
     manifest = write_snapshot(out_dir, corpus_rows, tasks, provenance)
+    write_retrieval(out_dir, manifest, retrieval_pairs(synsets))
     write_licenses(out_dir, root)
     write_readme(out_dir, manifest)
     for domain, texts in raw.items():
@@ -429,6 +491,22 @@ def build(out_dir: str, workdir: str) -> dict:
         print(f"{name}: {len(info['classes'])} classes, {info['train']} train / {info['eval']} eval")
     print(f"packages: {manifest['packages']}")
     print(f"snapshot written to {os.path.abspath(out_dir)} ({_size(out_dir)} bytes)")
+    return manifest
+
+
+def add_retrieval(out_dir: str, workdir: str) -> dict:
+    """The retrieval sets of an existing snapshot, from the wordnet-base version its manifest names."""
+    with open(os.path.join(out_dir, "manifest.json")) as f:
+        manifest = json.load(f)
+    provenance = fetch(workdir, packages=("wordnet-base",))
+    want, got = manifest["packages"]["wordnet-base"], provenance["versions"]["wordnet-base"]
+    if want != got:
+        raise app.UsageError(f"The snapshot was built from wordnet-base {want}, the archive has {got}: rebuild the "
+                             "whole snapshot (python -m tools.make_corpus) instead of --retrieval_only.")
+    write_retrieval(out_dir, manifest, retrieval_pairs(read_wordnet(provenance["root"])))
+    write_readme(out_dir, manifest)
+    for name, info in manifest["retrieval"].items():
+        print(f"{name}: {info['found']} pairs found, {info['pairs']} kept")
     return manifest
 
 
@@ -486,6 +564,17 @@ the first sentence of its description (that sentence may be a `debian` corpus se
 domain has it too). An evaluation that holds a domain out of compression must use that domain's labelled
 set only for probing.
 
+## Retrieval sets (`<name>.pairs.csv.gz`: CSV with columns query,target)
+
+| name | query | target | domain of its text | pairs found | pairs kept |
+|---|---|---|---|---:|---:|
+{retrieval_rows}
+
+A query's answer is its own row's target, among every target of the set. `wordnet_gloss` pairs each
+synset's first example sentence that cleans with the synset's definition; a text that two synsets share
+is dropped. At most {retrieval_pairs} pairs, chosen by SHA-256("retrieval:" + target). Like the labelled
+sets, these are text of their domain, for evaluation only.
+
 Plain CSV files for the recipes' `--train_files=train.csv --label_field=label --text_fields=text`:
 
     python -m tools.make_corpus --export_task=wordnet_lexname --out_dir=/tmp/wordnet_lexname
@@ -520,14 +609,21 @@ _TASKS = {
 }
 
 
+_RETRIEVAL = {"wordnet_gloss": ("an example sentence of a synset", "the synset's definition")}
+
+
 def write_readme(out_dir: str, manifest: dict) -> None:
     domain_rows = "\n".join(f"| {d} | {_SOURCES[d][0]} | {_SOURCES[d][1]} | {n} |"
                              for d, n in manifest["domains"].items())
     task_rows = "\n".join(f"| {name} | {_TASKS[name][0]} | {_TASKS[name][1]} | {t['domain']} | "
                            f"{len(t['classes'])} | {t['train']} | {t['eval']} | {t['min_class']} | {t['per_class']} |"
                            for name, t in manifest["tasks"].items())
+    retrieval_rows = "\n".join(f"| {name} | {_RETRIEVAL[name][0]} | {_RETRIEVAL[name][1]} | {r['domain']} | "
+                                f"{r['found']} | {r['pairs']} |" for name, r in manifest.get("retrieval", {}).items())
     text = _README.format(
-        domain_rows=domain_rows, task_rows=task_rows, per_domain=manifest["per_domain"],
+        domain_rows=domain_rows, task_rows=task_rows, retrieval_rows=retrieval_rows,
+        retrieval_pairs=manifest.get("retrieval_pairs"),
+        per_domain=manifest["per_domain"],
         eval_percent=round(manifest["eval_fraction"] * 100),
         packages=", ".join(f"`{p}` {v}" for p, v in sorted(manifest["packages"].items())),
         indexes=", ".join(f"{suite} ({date})" for suite, date in manifest["debian_indexes"].items()),
@@ -554,17 +650,18 @@ def main(argv):
             raise app.UsageError(str(error)) from None
         print("\n".join(paths))
         return
-    for name in ("per_domain", "per_class", "min_class"):
+    for name in ("per_domain", "per_class", "min_class", "retrieval_pairs"):
         if getattr(FLAGS, name) < 1:
             raise app.UsageError(f"--{name} must be >= 1, got {getattr(FLAGS, name)}.")
     out_dir = FLAGS.out_dir or os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                             "recipes", "data")
+    job = add_retrieval if FLAGS.retrieval_only else build
     if FLAGS.workdir:
         os.makedirs(FLAGS.workdir, exist_ok=True)
-        build(out_dir, FLAGS.workdir)
+        job(out_dir, FLAGS.workdir)
     else:
         with tempfile.TemporaryDirectory() as workdir:
-            build(out_dir, workdir)
+            job(out_dir, workdir)
 
 
 if __name__ == "__main__":

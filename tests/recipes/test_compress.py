@@ -14,8 +14,8 @@ from tfreparam.export import runners
 
 FLAGS = compress.FLAGS
 SMALL = ["--seq_length=32", "--calibration_per_domain=16", "--train_per_domain=32", "--eval_per_domain=16",
-         "--probe_sentences=120", "--probe_folds=2", "--distill_steps=3", "--batch_size=8", "--latency_rounds=5",
-         "--importance_draws=1"]
+         "--probe_sentences=120", "--retrieval_pairs=60", "--probe_folds=2", "--distill_steps=3", "--batch_size=8",
+         "--latency_rounds=5", "--importance_draws=1"]
 ISSUE_KEYS = ["heldout_domain_cosine", "heldout_domain_cosine_min", "heldout_domain_nn_agreement",
               "probe_accuracy_original", "probe_accuracy_compressed", "in_domain_cosine", "latency_ms", "baselines"]
 LATENCY_KEYS = ["original_fp32", "original_int8", "compressed_fp32", "compressed_int8", "layer_drop_int8"]
@@ -104,6 +104,41 @@ def test_probe_differences_are_those_of_the_probe_table(first_run):
         assert d["difference"] == pytest.approx(rows[model]["probe"] - rows[other]["probe"], abs=1e-12)
         assert d["low"] <= d["difference"] <= d["high"]
         assert d["examples"] == sum(metrics["sentences"]["probe"].values())
+
+
+def test_retrieval_is_each_models_own_ranking_of_the_held_out_pairs(first_run):
+    """WordNet held out: its example -> definition pairs, ranked by each model in its own space (L3 included).
+
+    The figures are recomputed here from the stored embeddings with an argmax per query (the implementation
+    counts strictly better targets), and the differences are those of the table."""
+    _, metrics, report_dir = first_run
+    assert metrics["protocol"]["retrieval_sets"] == ["wordnet_gloss"]
+    assert metrics["sentences"]["retrieval"] == {"wordnet_gloss": 60}
+    evaluate = os.path.join(report_dir, "stages", "evaluate")
+    stored = {name: np.load(os.path.join(evaluate, f"{name}.npz"))
+              for name in ("compressed_int8", "layer_drop_int8", "minilm_l3_int8")}
+    stored["original"] = np.load(os.path.join(report_dir, "stages", "reference", "embeddings.npz"))
+
+    def top1(data):
+        q, t = (data[f"retrieval/wordnet_gloss.{side}"] for side in ("query", "target"))
+        q, t = q / np.linalg.norm(q, axis=1, keepdims=True), t / np.linalg.norm(t, axis=1, keepdims=True)
+        return np.argmax(q @ t.T, axis=1) == np.arange(len(q))
+
+    table = metrics["retrieval"]["wordnet_gloss"]
+    rows = {row["key"]: row for row in metrics["models"]}
+    for name, data in stored.items():
+        assert table[name]["top1"] == pytest.approx(np.mean(top1(data)))
+        assert table[name]["top1"] <= table[name]["top10"]
+    assert rows["compressed_int8"]["retrieval"] == table["compressed_int8"]["top1"]
+    assert rows["original_fp32"]["retrieval"] == table["original"]["top1"]
+    assert rows["minilm_l3_int8"]["retrieval"] == table["minilm_l3_int8"]["top1"]
+    for key, other in (("ours_int8_minus_original", "original"), ("ours_int8_minus_layer_drop_int8", "layer_drop_int8"),
+                       ("ours_int8_minus_minilm_l3_int8", "minilm_l3_int8")):
+        d = metrics["retrieval_differences"][key]
+        assert d["difference"] == pytest.approx(np.mean(top1(stored["compressed_int8"])) - np.mean(top1(stored[other])))
+        assert d["examples"] == 60
+    report = open(os.path.join(report_dir, "report.md")).read()
+    assert "## Retrieval (held-out domain)" in report and "Held-out retrieval (wordnet_gloss: 60 queries" in report
 
 
 def test_the_probe_is_reported_in_domain_too(first_run):
@@ -380,6 +415,7 @@ def files(tmp_path):
     (["--eval_files={text}", "--heldout_domains=bible"], "Give one or the other"),
     (["--train_files={text}", "--compression_domains=bible"], "Give one or the other"),
     (["--preset=thorough", "--heldout_domains=bible"], "--preset=thorough holds out each built-in domain"),
+    (["--retrieval_pairs=1"], "--retrieval_pairs must be 0 (none) or >= 2"),
     (["--policy=lowrank", "--methods=svd,magic"], "--methods must be a non-empty subset"),
     (["--baselines=int8,magic"], "--baselines takes"),
     (["--layer_drop_keep=0,9"], "--layer_drop_keep must be increasing block indices in 0..5"),
@@ -424,23 +460,21 @@ def test_command_line_reports_bad_flags_without_a_traceback():
 
 def test_thorough_preset_holds_out_each_domain_in_turn(tmp_path, monkeypatch):
     from recipes import corpus, stages
+    from tests.recipes.fold_setup import fold_metrics
 
     held = []
 
     def fake_run(self):
         domain = self.s.heldout_domains[0]
         held.append((domain, self.s.compression_domains, self.s.report_dir))
-        return {"heldout_domain_cosine": 0.5 + 0.1 * len(held), "heldout_domain_cosine_min": 0.1,
-                "heldout_domain_nn_agreement": 0.3, "in_domain_cosine": 0.9, "probe_accuracy_original": None,
-                "probe_accuracy_compressed": None, "compressed_int8_speedup": 1.5,
-                "verdict": {"beats_layer_drop": len(held) % 2 == 0}}
+        return fold_metrics(0.5 + 0.1 * len(held), 0.4, 0.95, 1.5, beats=len(held) % 2 == 0)
 
     monkeypatch.setattr(stages.CompressRun, "run", fake_run)
     summary = compress.run(_settings("--preset=thorough", f"--report_dir={tmp_path}"))
     assert [h[0] for h in held] == list(corpus.DOMAINS)
     assert all(h[1] == () and h[2] == str(tmp_path / f"heldout_{h[0]}") for h in held)
-    assert summary["average"]["heldout_domain_cosine"] == pytest.approx(np.mean([0.6, 0.7, 0.8, 0.9, 1.0]))
-    assert summary["average"]["probe_accuracy_original"] is None
+    assert summary["average"]["heldout_cosine"]["compressed_int8"] == pytest.approx(np.mean([0.6, 0.7, 0.8, 0.9, 1.0]))
+    assert summary["average"]["labelled_folds"] == 0
     table = (tmp_path / "lodo.md").read_text()
     assert table.count("| wordnet |") == 1 and "| **average** |" in table
     assert json.loads((tmp_path / "lodo.json").read_text())["beats_layer_drop"]["debian"] is True

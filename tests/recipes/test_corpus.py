@@ -170,6 +170,29 @@ def test_wordnet_parser_matches_the_raw_lines():
                          ["the dog barked all night"])
 
 
+def test_gloss_pairs_are_each_synsets_first_clean_example_and_its_definition():
+    synsets = list(_raw_synsets())
+    assert make_corpus.gloss_pairs(synsets) == [
+        ("the dog barked all night", synsets[0][1]),
+        ("She was eating a banana", "take in solid food"),
+        ("this snake swims through the soil where it lives", "move as if gliding through water")]
+    # A text two synsets share cannot say which answer is right: both synsets' pairs go.
+    shared = synsets + [("noun.animal", "a domestic animal kept as a pet", ["the dog barked all night"])]
+    assert [q for q, _ in make_corpus.gloss_pairs(shared)] == ["She was eating a banana",
+                                                                "this snake swims through the soil where it lives"]
+
+
+def test_committed_retrieval_pairs_are_unique_and_counted():
+    queries, targets = corpus.retrieval_pairs("wordnet_gloss")
+    info = corpus.manifest()["retrieval"]["wordnet_gloss"]
+    assert len(queries) == len(targets) == info["pairs"] == 2000 and info["found"] > 10000
+    normal = lambda texts: {" ".join(t.lower().split()) for t in texts}  # noqa: E731
+    assert len(normal(queries)) == len(normal(targets)) == 2000 and not normal(queries) & normal(targets)
+    assert all(make_corpus.clean(t) == t for t in queries + targets)
+    with pytest.raises(ValueError, match="Unknown retrieval set 'nope'"):
+        corpus.retrieval_pairs("nope")
+
+
 def test_task_csv_files_read_back_with_the_recipes_reader(tmp_path):
     train_path, eval_path = corpus.write_task_csv("debian_section", str(tmp_path))
     texts, labels = labelled_data.read_examples(train_path, ["text"], "label")

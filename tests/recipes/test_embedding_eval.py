@@ -109,14 +109,45 @@ def test_eval_sets_embed_only_the_groups_asked_and_count_them(tiny):
     _, preprocessor, _ = tiny
     evaluation = types.SimpleNamespace(
         in_domain={"debian": SENTENCES[:2]}, heldout={"wordnet": SENTENCES[2:], "manual": SENTENCES[:1]},
-        probes={"wordnet_lexname": (SENTENCES, list("aabba"))}, in_domain_probes={})
+        probes={"wordnet_lexname": (SENTENCES, list("aabba"))}, in_domain_probes={},
+        retrieval={"wordnet_gloss": (SENTENCES[:2], SENTENCES[2:4])})
     sets = embedding_eval.EvalSets(evaluation, preprocessor)
     sizes = lambda text_set: np.full((len(text_set), 1), len(text_set))  # noqa: E731
     fidelity = sets.embed(sizes, embedding_eval.FIDELITY_GROUPS)
     assert {g: {n: a.shape[0] for n, a in d.items()} for g, d in fidelity.items()} == {
         "in_domain": {"debian": 2}, "heldout": {"wordnet": 3, "manual": 1}}
     assert set(sets.embed(sizes, embedding_eval.PROBE_GROUPS)) == {"probes", "in_domain_probes"}
+    tasks = sets.embed(sizes, embedding_eval.TASK_GROUPS)
+    assert {n: a.shape[0] for n, a in tasks["retrieval"].items()} == {"wordnet_gloss.query": 2,
+                                                                      "wordnet_gloss.target": 2}
     assert (sets.count(), sets.count(embedding_eval.FIDELITY_GROUPS), sets.count(embedding_eval.PROBE_GROUPS)) == (
-        4, 3, 1)
+        6, 3, 1)
     with pytest.raises(ValueError, match="Unknown evaluation groups"):
         sets.count(("heldout", "test"))
+
+
+def _brute_force_rank(queries, targets, i):
+    """1 + how many targets are strictly more cosine-similar to query i than its own target (loops, no matrices)."""
+    def cos(a, b):
+        return sum(x * y for x, y in zip(a, b)) / (sum(x * x for x in a) ** 0.5 * sum(y * y for y in b) ** 0.5)
+
+    own = cos(queries[i], targets[i])
+    return 1 + sum(cos(queries[i], t) > own for j, t in enumerate(targets) if j != i)
+
+
+def test_retrieval_finds_each_querys_own_target_by_cosine_as_a_loop_does():
+    rng = np.random.default_rng(0)
+    targets = rng.normal(size=(40, 6))
+    # Queries near their targets, at noise levels from easy to hopeless; scaled, since cosine ignores length.
+    queries = (targets + rng.normal(size=targets.shape) * np.linspace(0.1, 3.0, 40)[:, None]) * rng.uniform(
+        0.5, 4.0, (40, 1))
+    ranks = np.array([_brute_force_rank(queries.tolist(), targets.tolist(), i) for i in range(40)])
+    assert 0 < np.sum(ranks == 1) < 40  # some found first, some not: the test can tell
+    for top in (1, 5, 10):
+        np.testing.assert_array_equal(embedding_eval.retrieval_correct(queries, targets, top), ranks <= top)
+    figures = embedding_eval.retrieval_figures({"retrieval": {"s.query": queries, "s.target": targets}})
+    assert figures == {"retrieval": {"s": {"top1": np.mean(ranks <= 1), "top10": np.mean(ranks <= 10)}},
+                       "retrieval_mean": np.mean(ranks <= 1)}
+    assert embedding_eval.retrieval_figures({"heldout": {}}) == {}
+    with pytest.raises(ValueError, match="as many target as query embeddings"):
+        embedding_eval.retrieval_correct(queries, targets[:-1])

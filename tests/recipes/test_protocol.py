@@ -4,7 +4,7 @@ The spy tests run the real recipe (on a tiny random BERT) and record what the
 compression algorithms themselves receive: the token rows given to the
 importance estimate, the least-squares refit and the low-rank calibration, and
 the texts the teacher cache (distillation) tokenizes. None of them may be a
-sentence of a held-out domain or of its labelled set.
+sentence of a held-out domain or of its labelled or retrieval set.
 """
 
 import numpy as np
@@ -35,6 +35,12 @@ def _labelled_texts(domains):
             for split in corpus.SPLITS for t in corpus.labelled(name, split)[0]]
 
 
+def _retrieval_texts(domains):
+    """Every query and target of the retrieval sets whose texts are text of `domains`."""
+    return [t for name, domain in corpus.RETRIEVAL_DOMAINS.items() if domain in domains
+            for texts in corpus.retrieval_pairs(name) for t in texts]
+
+
 def test_parts_are_disjoint_deterministic_and_free_of_heldout_text():
     first, again = _build(), _build()
     assert first == again
@@ -46,16 +52,24 @@ def test_parts_are_disjoint_deterministic_and_free_of_heldout_text():
     assert set(c.domains) == {"debian", "stdlib", "bible", "vocab"} and "vocab" not in e.in_domain
     heldout = {" ".join(s.text.lower().split()) for d in ("wordnet", "manual") for s in corpus.load(d)}
     heldout |= {" ".join(t.lower().split()) for t in _labelled_texts(("wordnet", "manual"))}
+    heldout |= {" ".join(t.lower().split()) for t in _retrieval_texts(("wordnet",))}
     for text in calibration_texts | train_texts:
         assert " ".join(text.lower().split()) not in heldout
     counts = first.counts()
     assert counts["calibration"] == {"bible": 12, "debian": 12, "stdlib": 12, "vocab": 12}
     assert counts["heldout_domains"] == {"wordnet": 12, "manual": 12}
+    # WordNet held out: its example -> definition pairs, row i's answer target i, sampled from the snapshot's.
+    queries, targets = e.retrieval["wordnet_gloss"]
+    assert counts["retrieval"] == {"wordnet_gloss": 1000} and len(targets) == 1000 == len(set(targets))
+    every = dict(zip(*corpus.retrieval_pairs("wordnet_gloss")))
+    assert all(every[q] == t for q, t in zip(queries, targets))
+    assert _build(retrieval_pairs=0).evaluation.retrieval == {}
 
 
 def test_other_heldout_choices_move_the_probe_and_the_domains():
     p = _build(heldout_domains=("debian",), vocab_domain=False)
     assert set(p.evaluation.probes) == {"debian_section"} and set(p.evaluation.heldout) == {"debian"}
+    assert p.evaluation.retrieval == {}  # WordNet is compression text here: its pairs would be in-domain
     assert "debian" not in p.compression.domains and "vocab" not in p.compression.domains
     p = _build(heldout_domains=("manual",), compression_domains=("bible",), vocab_domain=False)
     assert p.compression.domains == ("bible",) and set(p.evaluation.probes) == {"manual_chapter"}
@@ -100,8 +114,10 @@ def test_compression_text_refuses_a_heldout_sentence():
 
 
 def test_no_labelled_text_of_a_heldout_domain_reaches_compression_from_train_files(tmp_path):
-    """The probe samples 60 texts of each held-out set; the other labelled texts must stay out of compression too."""
-    labelled = _labelled_texts(("wordnet", "manual"))
+    """The probe samples 60 texts of each held-out set; the other labelled texts must stay out of compression too.
+
+    So must every retrieval pair of a held-out domain, sampled or not."""
+    labelled = _labelled_texts(("wordnet", "manual")) + _retrieval_texts(("wordnet",))
     filler = [f"Compression sentence number {i} is here." for i in range(200)]
     mine = tmp_path / "mine.txt"
     mine.write_text("\n".join(labelled + filler))
@@ -127,8 +143,8 @@ def test_user_files_are_domains_and_shared_sentences_stay_out_of_compression(tmp
 # -- the spies: what the compression algorithms receive ----------------------------------------------------
 
 RUN = ["--seq_length=32", "--calibration_per_domain=12", "--train_per_domain=24", "--eval_per_domain=12",
-       "--probe_sentences=60", "--probe_folds=2", "--distill_steps=2", "--batch_size=8", "--importance_draws=1",
-       "--baselines=layer_drop"]
+       "--probe_sentences=60", "--retrieval_pairs=40", "--probe_folds=2", "--distill_steps=2", "--batch_size=8",
+       "--importance_draws=1", "--baselines=layer_drop"]
 
 
 class _Stop(Exception):
@@ -137,10 +153,10 @@ class _Stop(Exception):
 
 @pytest.fixture(scope="module")
 def heldout_rows():
-    """Token rows (without padding) of every sentence of the held-out domains and their labelled set."""
+    """Token rows (without padding) of every sentence of the held-out domains, their labelled and retrieval sets."""
     pre = bert.Preprocessor.from_pretrained("minilm", seq_length=32)
     texts = [s.text for d in ("wordnet", "manual") for s in corpus.load(d)]
-    texts += _labelled_texts(("wordnet", "manual"))
+    texts += _labelled_texts(("wordnet", "manual")) + _retrieval_texts(("wordnet",))
     rows = set()
     for i in range(0, len(texts), 2048):
         batch = pre(tf.constant(texts[i:i + 2048]))
@@ -203,4 +219,5 @@ def test_no_heldout_sentence_reaches_compression(policy, tiny_bert, tmp_path, mo
         assert not leaked, f"{name} received {len(leaked)} held-out sentences"
     assert len(texts) == 3 * 24 + 24  # three corpus domains' train parts and the vocab domain's, cached once
     heldout_texts = {s.text for d in ("wordnet", "manual") for s in corpus.load(d)}
+    heldout_texts |= set(_retrieval_texts(("wordnet",)))
     assert not set(texts) & heldout_texts

@@ -10,8 +10,8 @@ from recipes import compress, sweep
 from tests.recipes import task_setup
 
 SMALL = ["--seq_length=32", "--calibration_per_domain=16", "--train_per_domain=16", "--eval_per_domain=12",
-         "--probe_sentences=60", "--probe_folds=2", "--distill_steps=0", "--batch_size=8", "--latency_rounds=3",
-         "--baselines=int8", "--policy=lowrank", "--methods=svd,whitened"]
+         "--probe_sentences=60", "--retrieval_pairs=40", "--probe_folds=2", "--distill_steps=0", "--batch_size=8",
+         "--latency_rounds=3", "--baselines=int8", "--policy=lowrank", "--methods=svd,whitened"]
 
 
 def _settings(*argv):
@@ -129,6 +129,8 @@ def test_a_row_sets_ours_beside_its_layer_drop_and_the_original(tmp_path):
                           {"key": "layer_drop_int8", "in_domain_probe": 0.521}],
                "in_domain_probe_differences": {"ours_int8_minus_layer_drop_int8": {
                    "difference": 0.032, "low": 0.016, "high": 0.05, "examples": 2000}},
+               "retrieval_differences": {"ours_int8_minus_layer_drop_int8": {
+                   "difference": 0.045, "low": 0.023, "high": 0.067, "examples": 1000}},
                "verdict": {"beats_layer_drop": False}}
     row = sweep._row(1.45, metrics)
     assert (row["probe_int8"], row["latency_ms"], row["probe_original_int8"]) == (0.571, 3.51, 0.588)
@@ -138,7 +140,7 @@ def test_a_row_sets_ours_beside_its_layer_drop_and_the_original(tmp_path):
     assert line.startswith("| 1.45 | 0.9300 | 0.6600 | 0.570 | 0.9500 | 0.571 | 0.553 | 3.51 | 1.43x | 0, 1, 2, 3 | "
                            "0.7060 |")
     assert line.endswith("| 0.585 | 0.521 | 3.31 | 1.52x | -1.4 points (-2.9 to +0.0) | +0.6 points (-0.8 to +2.0) "
-                         "| +3.2 points (+1.6 to +5.0) | no |")
+                         "| +3.2 points (+1.6 to +5.0) | +4.5 points (+2.3 to +6.7) | no |")
     header, rule = sweep._table([row], "target speed-up").splitlines()[:2]
     assert header.count("|") == rule.count("|") == line.count("|")
     assert sweep._table([row], "target speed-up").endswith("The original's int8 file, probe accuracy: 0.588.")
