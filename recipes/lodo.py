@@ -26,10 +26,11 @@ import json
 import math
 import os
 
-# The models of the summary (keys of a run's metrics["models"] rows) and their names in lodo.md.
-COMPARED = {"compressed_int8": "ours int8", "layer_drop_int8": "layer drop int8", "original_int8": "original int8",
-            "minilm_l3_int8": "MiniLM-L3 int8"}
+# The int8 files whose held-out cosine the summary compares (keys of a run's metrics["models"] rows).
+COMPARED = ("compressed_int8", "layer_drop_int8", "original_int8", "minilm_l3_int8")
 DIFFERENCES = ("ours_int8_minus_layer_drop_int8", "ours_int8_minus_original")
+# The task tables' models: the original (its Keras model's figure), then the int8 files.
+TASK_MODELS = ("original_fp32", "compressed_int8", "layer_drop_int8", "minilm_l3_int8")
 Z95 = 1.959964  # the normal quantile of a two-sided 95 % interval
 
 
@@ -43,10 +44,10 @@ def fold(metrics: dict) -> dict:
         "in_domain_cosine": rows["compressed_int8"]["in_domain_cosine"],
         "gap": rows["compressed_int8"]["in_domain_cosine"] - rows["compressed_int8"]["heldout_cosine"],
         "probe_sets": sorted(metrics.get("probes") or {}),
-        "probe": {k: rows[k]["probe"] for k in ("original_fp32",) + tuple(COMPARED) if k in rows},
-        "differences": {k: metrics.get("probe_differences", {}).get(k) for k in DIFFERENCES},
+        "probe": {k: rows[k]["probe"] for k in TASK_MODELS if k in rows},
+        "probe_differences": {k: metrics.get("probe_differences", {}).get(k) for k in DIFFERENCES},
         "retrieval_sets": list(metrics.get("retrieval") or {}),
-        "retrieval": {k: rows[k].get("retrieval") for k in ("original_fp32",) + tuple(COMPARED) if k in rows},
+        "retrieval": {k: rows[k].get("retrieval") for k in TASK_MODELS if k in rows},
         "retrieval_differences": {k: (metrics.get("retrieval_differences") or {}).get(k) for k in DIFFERENCES},
         "speedup": {k: rows[k]["speedup"] for k in ("compressed_int8", "layer_drop_int8") if k in rows},
         "onnxruntime_speedup": {k: runtime.get(f"{k}_speedup") for k in ("compressed_int8", "minilm_l3_int8")},
@@ -89,14 +90,15 @@ def summarize(runs: dict[str, dict]) -> dict:
         "heldout_cosine": {k: _mean(f["heldout_cosine"].get(k) for f in every) for k in COMPARED},
         "in_domain_cosine": _mean(f["in_domain_cosine"] for f in every),
         "gap": _mean(f["gap"] for f in every),
-        "probe": {k: _mean(f["probe"].get(k) for f in labelled) for k in ("original_fp32",) + tuple(COMPARED)},
-        "differences": {k: average_difference([f["differences"][k] for f in labelled]) for k in DIFFERENCES},
+        "probe": {k: _mean(f["probe"].get(k) for f in labelled) for k in TASK_MODELS},
+        "probe_differences": {k: average_difference([f["probe_differences"][k] for f in labelled])
+                              for k in DIFFERENCES},
         "speedup": {k: _geometric_mean(f["speedup"].get(k) for f in every)
                     for k in ("compressed_int8", "layer_drop_int8")},
         "onnxruntime_speedup": {k: _geometric_mean(f["onnxruntime_speedup"].get(k) for f in every)
                                 for k in ("compressed_int8", "minilm_l3_int8")},
         "labelled_folds": len(labelled),
-        "retrieval": {k: _mean(f["retrieval"].get(k) for f in searched) for k in ("original_fp32",) + tuple(COMPARED)},
+        "retrieval": {k: _mean(f["retrieval"].get(k) for f in searched) for k in TASK_MODELS},
         "retrieval_differences": {k: average_difference([f["retrieval_differences"][k] for f in searched])
                                   for k in DIFFERENCES},
         "retrieval_folds": len(searched),
@@ -126,7 +128,7 @@ def markdown(summary: dict) -> str:
     wins = [d for d, f in folds.items() if f["beats_layer_drop"]]
     clear = [d for d, f in folds.items() if f["probe_sets"] and f["probe_lead"] == "clear"]
     behind = [d for d, f in folds.items() if f["probe_sets"] and f["probe_lead"] == "behind"]
-    lead = average["differences"]["ours_int8_minus_layer_drop_int8"]
+    lead = average["probe_differences"]["ours_int8_minus_layer_drop_int8"]
     lines = ["# Leave-one-domain-out", "",
              f"Each of {len(folds)} domains held out in turn (never used to calibrate, allocate or distil); every "
              "figure compares models of the same run, then averages the runs.", "",
@@ -158,43 +160,30 @@ def markdown(summary: dict) -> str:
               "Speed-ups are over the original's int8 in the same runtime (TFLite, or ONNX Runtime for the last two "
               "columns), batch 1; ratios average geometrically. In-domain: held-out sentences of the compression "
               "domains, by our int8 file; gap: in-domain minus held-out-domain cosine.", ""]
-    if average["labelled_folds"]:
-        lines += ["## Linear probe on the held-out domain's labelled set", "",
-                  "| held-out domain | set | original | ours int8 | layer drop int8 | MiniLM-L3 int8 "
-                  "| ours − layer drop (points, 95 %) | ours − original |",
-                  "|---|---|---:|---:|---:|---:|---:|---:|"]
-
-        def probe_row(name, sets, f):
-            p, d = f["probe"], f["differences"]
-            return (f"| {name} | {sets} | {_fmt(p.get('original_fp32'), '{:.3f}')} | "
-                    f"{_fmt(p.get('compressed_int8'), '{:.3f}')} | {_fmt(p.get('layer_drop_int8'), '{:.3f}')} | "
-                    f"{_fmt(p.get('minilm_l3_int8'), '{:.3f}')} | {_points(d['ours_int8_minus_layer_drop_int8'])} | "
-                    f"{_points(d['ours_int8_minus_original'])} |")
-
-        lines += [probe_row(domain, ", ".join(f["probe_sets"]), f) for domain, f in folds.items() if f["probe_sets"]]
-        lines += [probe_row("**average**", "", average), "",
-                  "Each fold's interval resamples its probe sentences (paired); the average's combines them as "
-                  "independent folds.", ""]
-    if average["retrieval_folds"]:
-        lines += ["## Retrieval on the held-out domain's pairs (top-1, each model in its own space)", "",
-                  "| held-out domain | set | original | ours int8 | layer drop int8 | MiniLM-L3 int8 "
-                  "| ours − layer drop (points, 95 %) | ours − original |",
-                  "|---|---|---:|---:|---:|---:|---:|---:|"]
-
-        def retrieval_row(name, sets, f):
-            r, d = f["retrieval"], f["retrieval_differences"]
-            return (f"| {name} | {sets} | {_fmt(r.get('original_fp32'), '{:.3f}')} | "
-                    f"{_fmt(r.get('compressed_int8'), '{:.3f}')} | {_fmt(r.get('layer_drop_int8'), '{:.3f}')} | "
-                    f"{_fmt(r.get('minilm_l3_int8'), '{:.3f}')} | {_points(d['ours_int8_minus_layer_drop_int8'])} | "
-                    f"{_points(d['ours_int8_minus_original'])} |")
-
-        lines += [retrieval_row(domain, ", ".join(f["retrieval_sets"]), f)
-                  for domain, f in folds.items() if f["retrieval_sets"]]
-        if average["retrieval_folds"] > 1:
-            lines.append(retrieval_row("**average**", "", {"retrieval": average["retrieval"],
-                                                            "retrieval_differences": average["retrieval_differences"]}))
-        lines.append("")
+    lines += _task_table("Linear probe on the held-out domain's labelled set", folds, average, "probe",
+                         "Each fold's interval resamples its probe sentences (paired); the average's combines them "
+                         "as independent folds.")
+    lines += _task_table("Retrieval on the held-out domain's pairs (top-1, each model in its own space)", folds,
+                         average, "retrieval", "Each fold's interval resamples its queries (paired).")
     return "\n".join(lines)
+
+
+def _task_table(title: str, folds: dict, average: dict, task: str, note: str) -> list[str]:
+    """A task's table ("probe" or "retrieval"): each fold that has the task, then the average of two or more."""
+    def row(name, sets, figures, differences):
+        return (f"| {name} | {sets} | " + " | ".join(_fmt(figures.get(k), "{:.3f}") for k in TASK_MODELS)
+                + f" | {_points(differences['ours_int8_minus_layer_drop_int8'])} | "
+                f"{_points(differences['ours_int8_minus_original'])} |")
+
+    rows = [row(domain, ", ".join(f[f"{task}_sets"]), f[task], f[f"{task}_differences"])
+            for domain, f in folds.items() if f[f"{task}_sets"]]
+    if not rows:
+        return []
+    if len(rows) > 1:
+        rows.append(row("**average**", "", average[task], average[f"{task}_differences"]))
+    return [f"## {title}", "", "| held-out domain | set | original | ours int8 | layer drop int8 | MiniLM-L3 int8 "
+            "| ours − layer drop (points, 95 %) | ours − original |", "|---|---|---:|---:|---:|---:|---:|---:|",
+            *rows, "", note, ""]
 
 
 def write(report_dir: str, runs: dict[str, dict]) -> dict:
