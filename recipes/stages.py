@@ -692,26 +692,25 @@ class CompressRun(pipeline_lib.StagedJob):
         import bert
 
         s, seq = self.s, self.s.seq_length
-        every, tasks = embedding_eval.EVERY_GROUP, embedding_eval.TASK_GROUPS
+        every, tasks, pareto = embedding_eval.EVERY_GROUP, embedding_eval.TASK_GROUPS, embedding_eval.PARETO_GROUPS
+        artifact = lambda name: embedding_eval.artifact_embedder(self.files[name])  # noqa: E731
         candidates = {  # name: (embedder factory, the groups of text sets it embeds)
-            "original_int8": (lambda: embedding_eval.artifact_embedder(self.files["original_int8"]), every),
-            "compressed": (lambda: embedding_eval.keras_embedder(self.models["compressed"]), every),
-            "compressed_int8": (lambda: embedding_eval.artifact_embedder(self.files["compressed_int8"]), every),
+            "original_int8": (lambda: artifact("original_int8"), pareto),
+            "compressed": (lambda: embedding_eval.keras_embedder(self.models["compressed"]), pareto),
+            "compressed_int8": (lambda: artifact("compressed_int8"), every),
         }
         if "layer_drop" in self.models:
-            candidates["layer_drop"] = (lambda: embedding_eval.keras_embedder(self.models["layer_drop"]), every)
-            candidates["layer_drop_int8"] = (
-                lambda: embedding_eval.artifact_embedder(self.files["layer_drop_int8"]), every)
+            candidates["layer_drop"] = (lambda: embedding_eval.keras_embedder(self.models["layer_drop"]), pareto)
+            candidates["layer_drop_int8"] = (lambda: artifact("layer_drop_int8"), every)
         if "minilm_l3" in s.baselines:  # another embedding space: its cosine to the original means nothing
-            candidates["minilm_l3"] = (lambda: embedding_eval.l3_embedder(self.files["minilm_l3_fp32"]), tasks)
-            candidates["minilm_l3_int8"] = (lambda: embedding_eval.l3_embedder(self.files["minilm_l3_int8"]), tasks)
+            for name, file in (("minilm_l3", "minilm_l3_fp32"), ("minilm_l3_int8", "minilm_l3_int8")):
+                candidates[name] = (lambda file=file: embedding_eval.l3_embedder(self.files[file]), tasks)
         # The ONNX Runtime files are here for latency in one runtime with L3; their cosine shows that runtime's own
         # int8 loss. Their probe stayed within 0.01 of the TFLite int8 files' and cost ~110 s of a demo (ONNX
         # Runtime's int8 runs batches at half TFLite's speed on AVX2), so they embed the fidelity sets only.
         for name in ("original_int8_onnxruntime", "compressed_int8_onnxruntime"):
             if name in self.files:
-                candidates[name] = (lambda name=name: embedding_eval.artifact_embedder(self.files[name]),
-                                    embedding_eval.FIDELITY_GROUPS)
+                candidates[name] = (lambda name=name: artifact(name), embedding_eval.FIDELITY_GROUPS)
 
         def fn(stage):
             results = {}
@@ -741,7 +740,9 @@ class CompressRun(pipeline_lib.StagedJob):
         depends = [self.results["export"]["_key"], self.text_key, self.results["reference"]["_key"]]
         # ONNX and TFLite files run each batch at its own length since 2026-12-05 (were padded to seq_length); the
         # export stage's key changes with its files, so older caches redo.
-        settings = dict(s.subset("probe_folds", "probe_l2"), onnx_batches="trimmed", onnx_probe=False)
+        # Since 2026-12-05 (evening) the fp32 models and the original's int8 embed PARETO_GROUPS only.
+        settings = dict(s.subset("probe_folds", "probe_l2"), onnx_batches="trimmed", onnx_probe=False,
+                        fp32_groups="pareto")
         self._stage("evaluate", fn, *depends, settings=settings, cache=not s.qat)
 
     def measure_latency(self):

@@ -147,7 +147,12 @@ def test_the_probe_is_reported_in_domain_too(first_run):
     rows = {row["key"]: row for row in metrics["models"]}
     assert metrics["protocol"]["in_domain_probe_sets"] == ["debian_section"]
     assert set(metrics["in_domain_probes"]) == {"debian_section"}
-    assert metrics["in_domain_probe_accuracy_compressed"] == rows["compressed_fp32"]["in_domain_probe"]
+    assert metrics["in_domain_probe_accuracy_compressed_int8"] == rows["compressed_int8"]["in_domain_probe"]
+    # The fp32 models and the original's int8 embed the Pareto table's text only (cosine, held-out probe).
+    for key in ("compressed_fp32", "layer_drop_fp32", "original_int8"):
+        assert rows[key]["probe"] is not None and rows[key]["in_domain_probe"] is None
+        assert rows[key]["retrieval"] is None
+    assert metrics["baselines"]["layer_drop"]["int8"]["in_domain_probe"] == rows["layer_drop_int8"]["in_domain_probe"]
     assert metrics["in_domain_probe_accuracy_original"] == rows["original_fp32"]["in_domain_probe"]
     for key, model, other in (("ours_int8_minus_original", "compressed_int8", "original_fp32"),
                               ("ours_int8_minus_layer_drop_int8", "compressed_int8", "layer_drop_int8"),
@@ -478,6 +483,15 @@ def test_thorough_preset_holds_out_each_domain_in_turn(tmp_path, monkeypatch):
     table = (tmp_path / "lodo.md").read_text()
     assert table.count("| wordnet |") == 1 and "| **average** |" in table
     assert json.loads((tmp_path / "lodo.json").read_text())["beats_layer_drop"]["debian"] is True
+
+
+def test_thorough_preset_keeps_the_longer_budget_unless_a_flag_names_it(tmp_path):
+    demo = _settings(f"--report_dir={tmp_path}")
+    assert (demo.distill_steps, demo.latency_rounds) == (450, 120)
+    thorough = _settings("--preset=thorough", f"--report_dir={tmp_path}")
+    assert (thorough.distill_steps, thorough.latency_rounds) == (600, 200)
+    named = _settings("--preset=thorough", "--distill_steps=30", f"--report_dir={tmp_path}")
+    assert (named.distill_steps, named.latency_rounds) == (30, 200)
 
 
 def test_head_widths_resolve_against_the_models_head_size(tiny_bert, tmp_path):
